@@ -1,0 +1,1 @@
+"""SAM-prior restoration cascade (see issue 3). Nothing here yet."""

@@ -1,0 +1,1 @@
+"""Audit database: SQLAlchemy models, the one writer of audit rows, and queries."""

@@ -1,0 +1,138 @@
+"""Read-side of the audit DB for the CLI: rows as plain dicts with snake_case keys."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session
+
+from pacs_node.audit.models import Association, Instance, Job, Series, StoreEvent, Study
+
+AUDIT_VIEWS = ("associations", "instances", "jobs", "events")
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:  # SQLite returns naive datetimes; the node stores UTC
+        value = value.replace(tzinfo=UTC)
+    return value.isoformat(timespec="milliseconds")
+
+
+def _associations(since: datetime | None, state: str | None) -> Select[Any]:
+    query = select(Association).order_by(Association.id)
+    if since is not None:
+        query = query.where(Association.started_at >= since)
+    if state is not None:
+        query = query.where(Association.outcome == state)
+    return query
+
+
+def _instances(since: datetime | None, state: str | None) -> Select[Any]:
+    query = (
+        select(Instance, Series.series_instance_uid, Study.study_instance_uid)
+        .join(Series, Series.id == Instance.series_id)
+        .join(Study, Study.id == Series.study_id)
+        .order_by(Instance.id)
+    )
+    if since is not None:
+        query = query.where(Instance.received_at >= since)
+    return query
+
+
+def _jobs(since: datetime | None, state: str | None) -> Select[Any]:
+    query = (
+        select(Job, Series.series_instance_uid, Series.modality, Series.instance_count)
+        .join(Series, Series.id == Job.series_id)
+        .order_by(Job.id)
+    )
+    if since is not None:
+        query = query.where(Job.created_at >= since)
+    if state is not None:
+        query = query.where(Job.state == state)
+    return query
+
+
+def list_rows(
+    session: Session, view: str, *, since: datetime | None = None, state: str | None = None
+) -> list[dict[str, Any]]:
+    """Rows of ``view`` (one of :data:`AUDIT_VIEWS`) newer than ``since``, in ``state``."""
+    if view == "associations":
+        return [
+            {
+                "id": a.id,
+                "calling_ae": a.calling_ae,
+                "called_ae": a.called_ae,
+                "peer_host": a.peer_host,
+                "peer_port": a.peer_port,
+                "tls": a.tls,
+                "started_at": _iso(a.started_at),
+                "ended_at": _iso(a.ended_at),
+                "state": a.outcome,
+                "instances": a.instances_received,
+                "bytes": a.bytes_received,
+                "reason": a.reason,
+            }
+            for a in session.scalars(_associations(since, state))
+        ]
+    if view == "instances":
+        rows = []
+        for inst, series_uid, study_uid in session.execute(_instances(since, state)):
+            rows.append(
+                {
+                    "id": inst.id,
+                    "sop_instance_uid": inst.sop_instance_uid,
+                    "version": inst.version,
+                    "sop_class_uid": inst.sop_class_uid,
+                    "series_instance_uid": series_uid,
+                    "study_instance_uid": study_uid,
+                    "transfer_syntax_uid": inst.transfer_syntax_uid,
+                    "size_bytes": inst.size_bytes,
+                    "sha256": inst.sha256,
+                    "association_id": inst.association_id,
+                    "received_at": _iso(inst.received_at),
+                    "spool_path": inst.spool_path,
+                    "state": "stored",
+                }
+            )
+        if state is not None:
+            rows = [r for r in rows if r["state"] == state]
+        return rows
+    if view == "jobs":
+        return [
+            {
+                "id": job.id,
+                "series_instance_uid": series_uid,
+                "modality": modality,
+                "instances": count,
+                "state": job.state,
+                "rule_name": job.rule_name,
+                "reason": job.reason,
+                "created_at": _iso(job.created_at),
+                "updated_at": _iso(job.updated_at),
+            }
+            for job, series_uid, modality, count in session.execute(_jobs(since, state))
+        ]
+    if view == "events":
+        query = select(StoreEvent).order_by(StoreEvent.id)
+        if since is not None:
+            query = query.where(StoreEvent.at >= since)
+        if state is not None:
+            query = query.where(StoreEvent.kind == state)
+        return [
+            {
+                "id": e.id,
+                "at": _iso(e.at),
+                "state": e.kind,
+                "status": f"0x{e.status:04X}",
+                "association_id": e.association_id,
+                "sop_class_uid": e.sop_class_uid,
+                "sop_instance_uid": e.sop_instance_uid,
+                "series_instance_uid": e.series_instance_uid,
+                "reason": e.reason,
+            }
+            for e in session.scalars(query)
+        ]
+    raise ValueError(f"unknown audit view {view!r}; choose from {', '.join(AUDIT_VIEWS)}")

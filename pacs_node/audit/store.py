@@ -1,0 +1,404 @@
+"""The one writer of audit rows. Each method is one short transaction."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Engine, exists, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, aliased
+
+from pacs_node.audit.db import session_factory
+from pacs_node.audit.models import (
+    Association,
+    AssociationOutcome,
+    Instance,
+    Job,
+    JobState,
+    JobStateChange,
+    Series,
+    StoreEvent,
+    StoreEventKind,
+    Study,
+    utcnow,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PeerInfo:
+    """Who asked for an association."""
+
+    calling_ae: str
+    called_ae: str
+    host: str
+    port: int
+    tls: bool
+
+
+@dataclass(frozen=True)
+class InstanceFacts:
+    """What the audit keeps of a received object (no patient identifiers)."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+    modality: str | None
+    series_description: str | None
+    image_type: str | None
+    accession_number: str | None
+    study_date: str | None
+
+
+@dataclass(frozen=True)
+class StoredVersion:
+    version: int
+    sha256: str
+    spool_path: str
+
+
+@dataclass(frozen=True)
+class CompleteSeries:
+    """A series whose senders have finished and that has been quiet long enough."""
+
+    series_id: int
+    series_instance_uid: str
+    modality: str | None
+    image_type: str | None
+    calling_ae: str
+    series_description: str | None
+    sop_class_uid: str
+
+
+class AuditStore:
+    """Writes and reads audit rows through short transactions on ``engine``."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = session_factory(engine)
+        # Series and study ids never change once created, so each process caches them.
+        self._study_ids: dict[str, int] = {}
+        self._series_ids: dict[str, int] = {}
+
+    def session(self) -> Session:
+        return self._sessions()
+
+    # -- associations -------------------------------------------------------------------
+
+    def open_association(self, peer: PeerInfo, *, receiver_pid: int) -> int:
+        with self._sessions.begin() as s:
+            row = Association(
+                calling_ae=peer.calling_ae,
+                called_ae=peer.called_ae,
+                peer_host=peer.host,
+                peer_port=peer.port,
+                tls=peer.tls,
+                outcome=AssociationOutcome.IN_PROGRESS,
+                receiver_pid=receiver_pid,
+                started_at=utcnow(),
+            )
+            s.add(row)
+            s.flush()
+            return row.id
+
+    def end_association(
+        self,
+        association_id: int,
+        outcome: AssociationOutcome,
+        *,
+        instances: int,
+        nbytes: int,
+        reason: str | None = None,
+    ) -> None:
+        with self._sessions.begin() as s:
+            s.execute(
+                update(Association)
+                .where(Association.id == association_id)
+                .where(Association.outcome == AssociationOutcome.IN_PROGRESS)
+                .values(
+                    outcome=outcome,
+                    ended_at=utcnow(),
+                    instances_received=instances,
+                    bytes_received=nbytes,
+                    reason=reason,
+                )
+            )
+
+    def interrupt_open_associations(self, receiver_pids: Sequence[int] | None = None) -> int:
+        """Close associations left open by stopped receivers; count from stored instances.
+
+        ``receiver_pids`` limits this to associations of those processes; None closes all
+        (used when the node starts, before any receiver runs).
+        """
+        with self._sessions.begin() as s:
+            query = select(Association.id).where(
+                Association.outcome == AssociationOutcome.IN_PROGRESS
+            )
+            if receiver_pids is not None:
+                query = query.where(Association.receiver_pid.in_(receiver_pids))
+            ids = list(s.scalars(query))
+            for assoc_id in ids:
+                count, nbytes = s.execute(
+                    select(func.count(Instance.id), func.coalesce(func.sum(Instance.size_bytes), 0))
+                    .where(Instance.association_id == assoc_id)
+                ).one()
+                s.execute(
+                    update(Association)
+                    .where(Association.id == assoc_id)
+                    .values(
+                        outcome=AssociationOutcome.INTERRUPTED,
+                        ended_at=utcnow(),
+                        instances_received=count,
+                        bytes_received=nbytes,
+                        reason="the receiver stopped while the association was open",
+                    )
+                )
+            return len(ids)
+
+    # -- store events ---------------------------------------------------------------------
+
+    def record_store_event(
+        self,
+        kind: StoreEventKind,
+        status: int,
+        reason: str,
+        *,
+        association_id: int | None,
+        sop_class_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+        series_instance_uid: str | None = None,
+    ) -> None:
+        with self._sessions.begin() as s:
+            s.add(
+                StoreEvent(
+                    association_id=association_id,
+                    kind=kind,
+                    status=status,
+                    reason=reason,
+                    sop_class_uid=sop_class_uid,
+                    sop_instance_uid=sop_instance_uid,
+                    series_instance_uid=series_instance_uid,
+                    at=utcnow(),
+                )
+            )
+
+    # -- instances ------------------------------------------------------------------------
+
+    def stored_versions(self, sop_instance_uid: str) -> list[StoredVersion]:
+        with self._sessions() as s:
+            rows = s.execute(
+                select(Instance.version, Instance.sha256, Instance.spool_path)
+                .where(Instance.sop_instance_uid == sop_instance_uid)
+                .order_by(Instance.version)
+            )
+            return [StoredVersion(v, h, p) for v, h, p in rows]
+
+    def record_duplicate(self, facts: InstanceFacts, association_id: int, version: int) -> None:
+        """An identical resend: log it and count it as activity on the series."""
+        with self._sessions.begin() as s:
+            s.add(
+                StoreEvent(
+                    association_id=association_id,
+                    kind=StoreEventKind.DUPLICATE,
+                    status=0x0000,
+                    reason=f"identical to stored version {version}; acknowledged, not stored again",
+                    sop_class_uid=facts.sop_class_uid,
+                    sop_instance_uid=facts.sop_instance_uid,
+                    series_instance_uid=facts.series_instance_uid,
+                    at=utcnow(),
+                )
+            )
+            s.execute(
+                update(Series)
+                .where(Series.series_instance_uid == facts.series_instance_uid)
+                .values(last_received_at=utcnow(), last_association_id=association_id)
+            )
+
+    def record_instance(
+        self,
+        facts: InstanceFacts,
+        *,
+        association_id: int,
+        calling_ae: str,
+        version: int,
+        sha256: str,
+        size_bytes: int,
+        spool_path: str,
+    ) -> int:
+        """Insert a stored instance (creating its study and series rows when new).
+
+        Raises ``sqlalchemy.exc.IntegrityError`` when another receiver stored the same
+        SOP Instance UID and version first; the caller re-reads the versions and retries.
+        """
+        now = utcnow()
+        with self._sessions.begin() as s:
+            study_id = self._ensure_study(s, facts)
+            series_id = self._ensure_series(s, facts, study_id, association_id, calling_ae)
+            row = Instance(
+                series_id=series_id,
+                association_id=association_id,
+                sop_instance_uid=facts.sop_instance_uid,
+                version=version,
+                sop_class_uid=facts.sop_class_uid,
+                transfer_syntax_uid=facts.transfer_syntax_uid,
+                sha256=sha256,
+                size_bytes=size_bytes,
+                spool_path=spool_path,
+                received_at=now,
+            )
+            s.add(row)
+            if version > 1:
+                s.add(
+                    StoreEvent(
+                        association_id=association_id,
+                        kind=StoreEventKind.NEW_VERSION,
+                        status=0x0000,
+                        reason=f"content differs from the stored copy; kept as version {version}",
+                        sop_class_uid=facts.sop_class_uid,
+                        sop_instance_uid=facts.sop_instance_uid,
+                        series_instance_uid=facts.series_instance_uid,
+                        at=now,
+                    )
+                )
+            s.execute(
+                update(Series)
+                .where(Series.id == series_id)
+                .values(
+                    last_received_at=now,
+                    last_association_id=association_id,
+                    instance_count=Series.instance_count + 1,
+                )
+            )
+            s.flush()
+            return row.id
+
+    def _insert_ignoring_conflict(self, s: Session, table: type, values: dict[str, object]) -> None:
+        dialect = s.get_bind().dialect.name
+        insert_fn = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        s.execute(insert_fn(table).values(**values).on_conflict_do_nothing())
+
+    def _ensure_study(self, s: Session, facts: InstanceFacts) -> int:
+        uid = facts.study_instance_uid
+        if uid not in self._study_ids:
+            self._insert_ignoring_conflict(
+                s,
+                Study,
+                {
+                    "study_instance_uid": uid,
+                    "accession_number": facts.accession_number,
+                    "study_date": facts.study_date,
+                    "first_received_at": utcnow(),
+                },
+            )
+            self._study_ids[uid] = s.scalars(
+                select(Study.id).where(Study.study_instance_uid == uid)
+            ).one()
+        return self._study_ids[uid]
+
+    def _ensure_series(
+        self, s: Session, facts: InstanceFacts, study_id: int, association_id: int, calling_ae: str
+    ) -> int:
+        uid = facts.series_instance_uid
+        if uid not in self._series_ids:
+            now = utcnow()
+            self._insert_ignoring_conflict(
+                s,
+                Series,
+                {
+                    "study_id": study_id,
+                    "series_instance_uid": uid,
+                    "modality": facts.modality,
+                    "series_description": facts.series_description,
+                    "image_type": facts.image_type,
+                    "sop_class_uid": facts.sop_class_uid,
+                    "calling_ae": calling_ae,
+                    "first_received_at": now,
+                    "last_received_at": now,
+                    "last_association_id": association_id,
+                    "instance_count": 0,
+                },
+            )
+            self._series_ids[uid] = s.scalars(
+                select(Series.id).where(Series.series_instance_uid == uid)
+            ).one()
+        return self._series_ids[uid]
+
+    # -- completion and jobs ----------------------------------------------------------------
+
+    def complete_series(self, quiet_since: datetime) -> list[CompleteSeries]:
+        """Unrouted series quiet since ``quiet_since`` whose associations have all ended."""
+        contributing = aliased(Association)
+        open_sender = (
+            select(Instance.id)
+            .join(contributing, contributing.id == Instance.association_id)
+            .where(Instance.series_id == Series.id)
+            .where(contributing.outcome == AssociationOutcome.IN_PROGRESS)
+        )
+        last = aliased(Association)
+        query = (
+            select(Series)
+            .join(last, last.id == Series.last_association_id)
+            .where(Series.routed_at.is_(None))
+            .where(Series.last_received_at <= quiet_since)
+            .where(last.outcome != AssociationOutcome.IN_PROGRESS)
+            .where(~exists(open_sender))
+            .order_by(Series.id)
+        )
+        with self._sessions() as s:
+            return [
+                CompleteSeries(
+                    series_id=row.id,
+                    series_instance_uid=row.series_instance_uid,
+                    modality=row.modality,
+                    image_type=row.image_type,
+                    calling_ae=row.calling_ae,
+                    series_description=row.series_description,
+                    sop_class_uid=row.sop_class_uid,
+                )
+                for row in s.scalars(query)
+            ]
+
+    def create_job(
+        self,
+        series_id: int,
+        state: JobState,
+        *,
+        rule_name: str | None,
+        reason: str,
+        actor: str,
+    ) -> int | None:
+        """Mark the series routed and give it its one job; None if it already has one."""
+        now = utcnow()
+        with self._sessions.begin() as s:
+            claimed = s.execute(
+                update(Series)
+                .where(Series.id == series_id)
+                .where(Series.routed_at.is_(None))
+                .values(routed_at=now)
+            ).rowcount
+            if not claimed:
+                return None
+            if s.scalar(select(Job.id).where(Job.series_id == series_id)) is not None:
+                return None
+            job = Job(
+                series_id=series_id,
+                state=state,
+                rule_name=rule_name,
+                reason=reason,
+                created_at=now,
+                updated_at=now,
+            )
+            s.add(job)
+            s.flush()
+            s.add(
+                JobStateChange(
+                    job_id=job.id, at=now, from_state=None, to_state=state, actor=actor, reason=reason
+                )
+            )
+            return job.id

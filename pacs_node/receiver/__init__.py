@@ -1,0 +1,1 @@
+"""DICOM receiver: Storage and Verification SCP writing to a durable spool."""

@@ -1,0 +1,200 @@
+"""pynetdicom event handlers: association audit, access control, C-ECHO and C-STORE.
+
+Thin by design: each handler turns an event into an audit call or an :class:`Ingest` call
+and a status. No exception reaches the peer.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import threading
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pynetdicom import evt
+from sqlalchemy.exc import SQLAlchemyError
+
+from pacs_node.audit.models import AssociationOutcome
+from pacs_node.audit.store import AuditStore, PeerInfo
+from pacs_node.config import SecuritySettings
+from pacs_node.receiver.ingest import Ingest, StoreRequest
+from pacs_node.receiver.status import StoreStatus
+
+logger = logging.getLogger(__name__)
+
+# A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4
+_REJECT_CALLING_AE = (0x01, 0x01, 0x03)
+_DIAGNOSTICS = {
+    (0x01, 0x03): "calling AE title not recognised",
+    (0x01, 0x07): "called AE title not recognised",
+    (0x01, 0x01): "no reason given",
+    (0x01, 0x02): "application context name not supported",
+    (0x02, 0x01): "no reason given (ACSE)",
+    (0x02, 0x02): "protocol version not supported",
+    (0x03, 0x01): "temporary congestion",
+    (0x03, 0x02): "local limit exceeded: too many associations",
+}
+
+
+def peer_refusal(security: SecuritySettings, calling_ae: str, host: str) -> str | None:
+    """Why a peer may not associate, or None when it may (pure)."""
+    allowed_aes = security.allowed_calling_ae_titles
+    if allowed_aes and calling_ae.strip() not in allowed_aes:
+        return f"calling AE title {calling_ae.strip()!r} is not in the allowed list"
+    if security.allowed_networks:
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return f"peer address {host!r} is not an IP address"
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        if not any(address in network for network in security.allowed_networks):
+            return f"peer address {host} is not in an allowed network"
+    return None
+
+
+@dataclass
+class _AssociationState:
+    audit_id: int
+    calling_ae: str
+    instances: int = 0
+    nbytes: int = 0
+    reject_reason: str | None = None
+    rejected_contexts: list[str] = field(default_factory=list)
+    ended: bool = False
+
+
+class ReceiverHandlers:
+    """The node's pynetdicom handlers, bound to one receiver process."""
+
+    def __init__(
+        self, *, audit: AuditStore, ingest: Ingest, security: SecuritySettings, tls: bool
+    ) -> None:
+        self.audit = audit
+        self.ingest = ingest
+        self.security = security
+        self.tls = tls
+        self._states: weakref.WeakKeyDictionary[Any, _AssociationState] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    def bindings(self) -> list[tuple[evt.EventType, Any]]:
+        return [
+            (evt.EVT_REQUESTED, self.on_requested),
+            (evt.EVT_ACCEPTED, self.on_accepted),
+            (evt.EVT_REJECTED, self.on_rejected),
+            (evt.EVT_RELEASED, self.on_released),
+            (evt.EVT_ABORTED, self.on_aborted),
+            (evt.EVT_CONN_CLOSE, self.on_closed),
+            (evt.EVT_C_ECHO, self.on_c_echo),
+            (evt.EVT_C_STORE, self.on_c_store),
+        ]
+
+    # -- association life -----------------------------------------------------------------
+
+    def on_requested(self, event: evt.Event) -> None:
+        assoc = event.assoc
+        rq = assoc.requestor.primitive
+        calling_ae = str(rq.calling_ae_title).strip()
+        peer = PeerInfo(
+            calling_ae=calling_ae[:16],
+            called_ae=str(rq.called_ae_title).strip()[:16],
+            host=str(assoc.requestor.address),
+            port=int(assoc.requestor.port),
+            tls=self.tls,
+        )
+        try:
+            audit_id = self.audit.open_association(peer, receiver_pid=self._pid)
+        except SQLAlchemyError:
+            # Without an audit row the node must not take data: refuse, transiently.
+            logger.exception("cannot audit an association request; rejecting it")
+            assoc.acse.send_reject(0x02, 0x03, 0x01)
+            return
+        state = _AssociationState(audit_id=audit_id, calling_ae=calling_ae)
+        with self._lock:
+            self._states[assoc] = state
+        refusal = peer_refusal(self.security, calling_ae, peer.host)
+        if refusal is not None:
+            logger.warning("rejecting association %d: %s", audit_id, refusal)
+            state.reject_reason = refusal
+            assoc.acse.send_reject(*_REJECT_CALLING_AE)
+            self._end(assoc, AssociationOutcome.REJECTED, refusal)
+
+    def on_accepted(self, event: evt.Event) -> None:
+        state = self._state(event.assoc)
+        if state is not None:
+            state.rejected_contexts = [
+                str(cx.abstract_syntax) for cx in event.assoc.rejected_contexts
+            ]
+
+    def on_rejected(self, event: evt.Event) -> None:
+        state = self._state(event.assoc)
+        if state is None or state.ended:
+            return
+        primitive = event.assoc.acceptor.primitive
+        key = (int(primitive.result_source), int(primitive.diagnostic))
+        reason = f"A-ASSOCIATE-RJ: {_DIAGNOSTICS.get(key, f'source/diagnostic {key}')}"
+        self._end(event.assoc, AssociationOutcome.REJECTED, reason)
+
+    def on_released(self, event: evt.Event) -> None:
+        self._end(event.assoc, AssociationOutcome.RELEASED, None)
+
+    def on_aborted(self, event: evt.Event) -> None:
+        self._end(event.assoc, AssociationOutcome.ABORTED, "A-ABORT")
+
+    def on_closed(self, event: evt.Event) -> None:
+        self._end(event.assoc, AssociationOutcome.ABORTED, "connection closed without release")
+
+    def _state(self, assoc: Any) -> _AssociationState | None:
+        with self._lock:
+            return self._states.get(assoc)
+
+    def _end(self, assoc: Any, outcome: AssociationOutcome, reason: str | None) -> None:
+        state = self._state(assoc)
+        if state is None or state.ended:
+            return
+        state.ended = True
+        if state.rejected_contexts:
+            note = "presentation contexts rejected: " + ", ".join(state.rejected_contexts)
+            reason = f"{reason}; {note}" if reason else note
+        try:
+            self.audit.end_association(
+                state.audit_id,
+                outcome,
+                instances=state.instances,
+                nbytes=state.nbytes,
+                reason=reason,
+            )
+        except SQLAlchemyError:
+            logger.exception("could not audit the end of association %d", state.audit_id)
+
+    # -- DIMSE services -------------------------------------------------------------------
+
+    def on_c_echo(self, event: evt.Event) -> int:
+        return 0x0000
+
+    def on_c_store(self, event: evt.Event) -> int:
+        state = self._state(event.assoc)
+        request = event.request
+        if state is None or event.dataset_path is None:
+            logger.error("C-STORE outside an audited association")
+            return int(StoreStatus.PROCESSING_FAILURE)
+        store_request = StoreRequest(
+            temp_path=Path(event.dataset_path),
+            sop_class_uid=str(request.AffectedSOPClassUID),
+            sop_instance_uid=str(request.AffectedSOPInstanceUID),
+            transfer_syntax_uid=str(event.context.transfer_syntax),
+            association_id=state.audit_id,
+            calling_ae=state.calling_ae,
+        )
+        result = self.ingest.store(store_request)
+        if result.status == StoreStatus.SUCCESS:
+            state.instances += 1
+            state.nbytes += result.stored_bytes
+        return int(result.status)

@@ -1,0 +1,223 @@
+"""What happens to one received object: check, seal, place in the spool, audit, answer.
+
+Protocol-free: the C-STORE handler hands over the temporary file and the association's
+identity and sends back the status this returns.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from pacs_node.audit.models import StoreEventKind
+from pacs_node.audit.store import AuditStore, InstanceFacts
+from pacs_node.receiver.spool import Spool, is_path_safe_uid
+from pacs_node.receiver.status import StoreStatus
+
+logger = logging.getLogger(__name__)
+
+_HEADER_TAGS = [
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "Modality",
+    "SeriesDescription",
+    "ImageType",
+    "AccessionNumber",
+    "StudyDate",
+    "SpecificCharacterSet",
+]
+_MAX_INSERT_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class StoreRequest:
+    """One C-STORE as the handler saw it."""
+
+    temp_path: Path
+    sop_class_uid: str  #: Affected SOP Class UID of the command
+    sop_instance_uid: str  #: Affected SOP Instance UID of the command
+    transfer_syntax_uid: str
+    association_id: int
+    calling_ae: str
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    status: StoreStatus
+    reason: str
+    stored_bytes: int = 0
+
+
+class HeaderError(ValueError):
+    """The data set cannot be used; ``status`` says which refusal applies."""
+
+    def __init__(self, status: StoreStatus, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+def _text(value: object) -> str | None:
+    if value is None:
+        return None
+    return str(value).strip() or None
+
+
+def read_facts(req: StoreRequest) -> InstanceFacts:
+    """Read the header of the received file and check the UIDs the node relies on."""
+    try:
+        ds = dcmread(req.temp_path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+        header = {tag: ds.get(tag) for tag in _HEADER_TAGS}
+    except (InvalidDicomError, ValueError, KeyError, EOFError, OSError, TypeError) as exc:
+        raise HeaderError(
+            StoreStatus.CANNOT_UNDERSTAND, f"data set does not decode: {type(exc).__name__}"
+        ) from None
+    missing = [
+        k
+        for k in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+        if not _text(header[k])
+    ]
+    if missing:
+        raise HeaderError(
+            StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, f"data set lacks {', '.join(missing)}"
+        )
+    for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        if not is_path_safe_uid(str(header[keyword]).strip()):
+            raise HeaderError(
+                StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+                f"{keyword} {str(header[keyword])[:70]!r} is not a valid UID",
+            )
+    if str(header["SOPClassUID"]).strip() != req.sop_class_uid:
+        raise HeaderError(
+            StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+            f"SOP Class UID {header['SOPClassUID']} differs from the command's {req.sop_class_uid}",
+        )
+    if str(header["SOPInstanceUID"]).strip() != req.sop_instance_uid:
+        raise HeaderError(
+            StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+            "SOP Instance UID in the data set differs from the command's",
+        )
+    image_type = header["ImageType"]
+    if image_type is not None and not isinstance(image_type, str):
+        image_type = "\\".join(str(v) for v in image_type)
+    return InstanceFacts(
+        sop_class_uid=req.sop_class_uid,
+        sop_instance_uid=req.sop_instance_uid,
+        study_instance_uid=str(header["StudyInstanceUID"]).strip(),
+        series_instance_uid=str(header["SeriesInstanceUID"]).strip(),
+        transfer_syntax_uid=req.transfer_syntax_uid,
+        modality=_text(header["Modality"]),
+        series_description=(_text(header["SeriesDescription"]) or "")[:64] or None,
+        image_type=_text(image_type),
+        accession_number=(_text(header["AccessionNumber"]) or "")[:16] or None,
+        study_date=(_text(header["StudyDate"]) or "")[:8] or None,
+    )
+
+
+class Ingest:
+    """Turns a received temporary file into a durable, audited instance."""
+
+    def __init__(
+        self,
+        *,
+        spool: Spool,
+        audit: AuditStore,
+        accepted_sop_classes: frozenset[str],
+        min_free_bytes: int,
+    ) -> None:
+        self.spool = spool
+        self.audit = audit
+        self.accepted_sop_classes = accepted_sop_classes
+        self.min_free_bytes = min_free_bytes
+
+    def store(self, req: StoreRequest) -> StoreResult:
+        """Store ``req`` and return the status to send. Every refusal is audited."""
+        if req.sop_class_uid not in self.accepted_sop_classes:
+            return self._refuse(
+                req,
+                StoreStatus.SOP_CLASS_NOT_SUPPORTED,
+                f"SOP class {req.sop_class_uid} is not accepted by this node's configuration",
+            )
+        free = self.spool.free_bytes()
+        if free < self.min_free_bytes:
+            return self._refuse(
+                req,
+                StoreStatus.OUT_OF_RESOURCES,
+                f"free disk {free // 2**20} MiB is below the floor of "
+                f"{self.min_free_bytes // 2**20} MiB",
+            )
+        try:
+            facts = read_facts(req)
+        except HeaderError as exc:
+            return self._refuse(req, exc.status, str(exc))
+        try:
+            return self._store_durably(req, facts)
+        except (OSError, SQLAlchemyError) as exc:
+            logger.exception("could not store an instance")
+            return self._refuse(
+                req,
+                StoreStatus.PROCESSING_FAILURE,
+                f"could not store the object: {type(exc).__name__}: {str(exc)[:200]}",
+                series_uid=facts.series_instance_uid,
+            )
+
+    def _store_durably(self, req: StoreRequest, facts: InstanceFacts) -> StoreResult:
+        sealed = self.spool.seal(req.temp_path)
+        relative = self.spool.relative_path(
+            facts.study_instance_uid, facts.series_instance_uid, facts.sop_instance_uid,
+            sealed.sha256,
+        )
+        for _attempt in range(_MAX_INSERT_ATTEMPTS):
+            versions = self.audit.stored_versions(facts.sop_instance_uid)
+            same = next((v for v in versions if v.sha256 == sealed.sha256), None)
+            if same is not None:
+                self.audit.record_duplicate(facts, req.association_id, same.version)
+                return StoreResult(StoreStatus.SUCCESS, f"duplicate of version {same.version}")
+            version = max((v.version for v in versions), default=0) + 1
+            if not self.spool.root.joinpath(relative).exists():
+                self.spool.place(sealed, relative)
+            try:
+                self.audit.record_instance(
+                    facts,
+                    association_id=req.association_id,
+                    calling_ae=req.calling_ae,
+                    version=version,
+                    sha256=sealed.sha256,
+                    size_bytes=sealed.size,
+                    spool_path=relative,
+                )
+            except IntegrityError:
+                # Another receiver stored this SOP Instance UID meanwhile: look again.
+                continue
+            reason = "stored" if version == 1 else f"stored as version {version}"
+            return StoreResult(StoreStatus.SUCCESS, reason, sealed.size)
+        raise OSError(f"gave up after {_MAX_INSERT_ATTEMPTS} concurrent versions of one instance")
+
+    def _refuse(
+        self,
+        req: StoreRequest,
+        status: StoreStatus,
+        reason: str,
+        *,
+        series_uid: str | None = None,
+    ) -> StoreResult:
+        logger.warning("refused C-STORE with 0x%04X: %s", status, reason)
+        try:
+            self.audit.record_store_event(
+                StoreEventKind.REJECTED,
+                status,
+                reason,
+                association_id=req.association_id,
+                sop_class_uid=req.sop_class_uid[:64],
+                sop_instance_uid=req.sop_instance_uid[:64],
+                series_instance_uid=series_uid,
+            )
+        except SQLAlchemyError:
+            logger.exception("could not audit a refused C-STORE")
+        return StoreResult(status, reason)

@@ -1,0 +1,134 @@
+"""The association server of one receiver process.
+
+Two changes to pynetdicom 3.0's threaded server:
+
+* ``SO_REUSEPORT``, so several receiver processes share one port and the kernel spreads
+  connections over them (each process has its own GIL);
+* the TLS handshake runs on the connection's own thread with a timeout. pynetdicom does it
+  on the accepting thread with none, so one silent client stops every new TLS association.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+from pynetdicom import AE, _config
+from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from pacs_node.config import Settings
+from pacs_node.receiver.handlers import ReceiverHandlers
+
+logger = logging.getLogger(__name__)
+
+#: Called with (peer host, peer port, reason) when a TLS handshake fails or times out.
+TlsFailureCallback = Callable[[str, int, str], None]
+
+
+class ReceiverServer(ThreadedAssociationServer):  # type: ignore[misc]
+    """pynetdicom's threaded server with SO_REUSEPORT and per-connection TLS handshakes."""
+
+    tls_handshake_timeout: float = 15.0
+    reuse_port: bool = False
+    on_tls_failure: TlsFailureCallback | None = None
+
+    def server_bind(self) -> None:
+        if self.reuse_port:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        client_socket, address = self.socket.accept()
+        if self.ssl_context:
+            # No I/O here: the handshake happens in process_request_thread.
+            client_socket = self.ssl_context.wrap_socket(
+                client_socket, server_side=True, do_handshake_on_connect=False
+            )
+        return client_socket, address
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, ssl.SSLSocket):
+            try:
+                request.settimeout(self.tls_handshake_timeout)
+                request.do_handshake()
+                request.settimeout(None)
+            except (ssl.SSLError, OSError) as exc:
+                reason = f"TLS handshake failed: {type(exc).__name__}: {exc}"[:300]
+                logger.warning("%s (peer %s)", reason, client_address[0])
+                if self.on_tls_failure is not None:
+                    self.on_tls_failure(str(client_address[0]), int(client_address[1]), reason)
+                self.shutdown_request(request)
+                return
+        super().process_request_thread(request, client_address)
+
+
+def make_ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """Server-side TLS context (PS3.15 B.1: TLS 1.2 or later), or None without TLS."""
+    tls = settings.tls
+    if not tls.enabled:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(tls.certificate), str(tls.private_key))
+    if tls.ca_certificate is not None:
+        context.load_verify_locations(cafile=str(tls.ca_certificate))
+    context.verify_mode = ssl.CERT_REQUIRED if tls.require_client_certificate else ssl.CERT_NONE
+    return context
+
+
+def make_ae(settings: Settings) -> AE:
+    """The Storage + Verification SCP with the configured limits and timeouts."""
+    # pynetdicom's per-PDU debug handlers cost time on every fragment; logging of ours stays.
+    _config.LOG_HANDLER_LEVEL = "none"
+    # Stream each data set to a file as it arrives instead of holding it in memory.
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    ae = AE(ae_title=settings.node.ae_title)
+    ae.maximum_associations = settings.node.max_associations
+    ae.network_timeout = settings.timeouts.network
+    ae.acse_timeout = settings.timeouts.acse
+    ae.dimse_timeout = settings.timeouts.dimse
+    ae.maximum_pdu_size = 0  # accept whatever PDU size the sender proposes
+    ae.require_called_aet = True
+    syntaxes = list(settings.dicom.accepted_transfer_syntaxes)
+    # Every storage SOP class is negotiable so a disallowed one gets a C-STORE refusal
+    # (0x0122) with an audit row, not a silent presentation-context rejection.
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, syntaxes)
+    for uid in settings.dicom.accepted_sop_classes:
+        if uid not in {str(cx.abstract_syntax) for cx in ae.supported_contexts}:
+            ae.add_supported_context(uid, syntaxes)
+    ae.add_supported_context(Verification, syntaxes)
+    return ae
+
+
+def make_server(
+    settings: Settings,
+    handlers: ReceiverHandlers,
+    *,
+    reuse_port: bool,
+    on_tls_failure: TlsFailureCallback | None = None,
+) -> ReceiverServer:
+    """Build (not start) the server bound to the configured host and port."""
+    ae = make_ae(settings)
+    server_class = type(
+        "ConfiguredReceiverServer",
+        (ReceiverServer,),
+        {
+            "tls_handshake_timeout": settings.timeouts.connection_idle,
+            "reuse_port": reuse_port,
+            "on_tls_failure": staticmethod(on_tls_failure) if on_tls_failure else None,
+        },
+    )
+    server: ReceiverServer = ae.make_server(
+        (settings.node.host, settings.node.port),
+        ae_title=settings.node.ae_title,
+        ssl_context=make_ssl_context(settings),
+        evt_handlers=handlers.bindings(),
+        server_class=server_class,
+    )
+    return server

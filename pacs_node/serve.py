@@ -1,0 +1,163 @@
+"""``pacs-node serve``: the supervisor.
+
+It migrates the audit DB, recovers from an earlier crash, starts the receiver processes
+(sharing the port with SO_REUSEPORT), restarts any that die, and runs series completion.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import threading
+from datetime import UTC, datetime
+from multiprocessing.context import SpawnProcess
+from multiprocessing.synchronize import Event as EventType
+from types import FrameType
+
+from pacs_node.audit.db import make_engine, upgrade
+from pacs_node.audit.store import AuditStore
+from pacs_node.config import Settings
+from pacs_node.receiver.process import run_receiver
+from pacs_node.receiver.spool import Spool
+from pacs_node.routing.completion import complete_and_route
+
+logger = logging.getLogger(__name__)
+
+_READY_TIMEOUT_S = 60.0
+
+
+class StartupError(Exception):
+    """The node cannot start; the message says why."""
+
+
+def receiver_count(settings: Settings) -> int:
+    return settings.node.receiver_processes or os.cpu_count() or 1
+
+
+def _check_port_free(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise StartupError(f"port {port} on {host} is already in use") from None
+            raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+class Supervisor:
+    """Owns the receiver processes and the completion loop."""
+
+    def __init__(self, settings: Settings, *, log_level: str = "INFO") -> None:
+        self.settings = settings
+        self.log_level = log_level
+        self._ctx = multiprocessing.get_context("spawn")
+        self._stop = self._ctx.Event()
+        self._shutdown = threading.Event()
+        self._receivers: list[tuple[SpawnProcess, EventType]] = []
+        self.audit: AuditStore | None = None
+
+    def prepare(self) -> None:
+        storage = self.settings.storage
+        spool = Spool(storage.spool_dir, storage.incoming_dir)
+        try:
+            spool.prepare()
+        except OSError as exc:
+            raise StartupError(f"data directory {storage.data_dir}: {exc}") from None
+        _check_port_free(self.settings.node.host, self.settings.node.port)
+        try:
+            upgrade(self.settings.database_url)
+        except Exception as exc:  # Alembic/driver errors vary; report them, do not trace.
+            raise StartupError(f"audit database: {type(exc).__name__}: {exc}") from None
+        self.audit = AuditStore(make_engine(self.settings.database_url))
+        interrupted = self.audit.interrupt_open_associations()
+        removed = spool.clear_incoming()
+        if interrupted or removed:
+            logger.warning(
+                "recovered from an unclean stop: %d open associations marked interrupted, "
+                "%d unacknowledged temporary files removed",
+                interrupted,
+                removed,
+            )
+
+    def _start_receiver(self) -> tuple[SpawnProcess, EventType]:
+        ready = self._ctx.Event()
+        process = self._ctx.Process(
+            target=run_receiver,
+            args=(self.settings, ready, self._stop, self.log_level, os.getpid()),
+            name="pacs-node-receiver",
+        )
+        process.start()
+        return process, ready
+
+    def start(self) -> None:
+        self._receivers = [self._start_receiver() for _ in range(receiver_count(self.settings))]
+        for process, ready in self._receivers:
+            if not ready.wait(_READY_TIMEOUT_S) or not process.is_alive():
+                self.stop()
+                raise StartupError("a receiver process failed to start; see the log above")
+        node = self.settings.node
+        print(
+            f"pacs-node listening on {node.host}:{node.port} as {node.ae_title!r} with "
+            f"{len(self._receivers)} receiver processes; audit DB "
+            f"{self.settings.database_url.split('@')[-1]}",
+            flush=True,
+        )
+
+    def _replace_dead_receivers(self) -> None:
+        assert self.audit is not None
+        for i, (process, _ready) in enumerate(self._receivers):
+            if process.is_alive() or self._stop.is_set():
+                continue
+            logger.error("receiver %s exited with %s; restarting it", process.pid, process.exitcode)
+            if process.pid is not None:
+                self.audit.interrupt_open_associations([process.pid])
+            self._receivers[i] = self._start_receiver()
+
+    def run(self) -> None:
+        """Run until SIGTERM or SIGINT."""
+        assert self.audit is not None
+        completion = self.settings.completion
+        rules = self.settings.routing.rules
+
+        def request_stop(signum: int, _frame: FrameType | None) -> None:
+            logger.info("signal %d: stopping", signum)
+            self._shutdown.set()
+
+        signal.signal(signal.SIGTERM, request_stop)
+        signal.signal(signal.SIGINT, request_stop)
+        while not self._shutdown.wait(completion.poll_interval_s):
+            self._replace_dead_receivers()
+            try:
+                complete_and_route(
+                    self.audit,
+                    rules,
+                    quiet_period_s=completion.quiet_period_s,
+                    now=datetime.now(UTC),
+                )
+            except Exception:
+                # A database outage must not stop the node; completion retries next pass.
+                logger.exception("series completion pass failed")
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for process, _ready in self._receivers:
+            process.join(timeout=self.settings.timeouts.dimse + 5)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        if self.audit is not None:
+            self.audit.engine.dispose()
+
+
+def serve(settings: Settings, *, log_level: str = "INFO") -> None:
+    supervisor = Supervisor(settings, log_level=log_level)
+    supervisor.prepare()
+    supervisor.start()
+    supervisor.run()
