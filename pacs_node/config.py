@@ -63,11 +63,14 @@ def _check_ae_title(value: str) -> str:
     return stripped
 
 
+_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+
 def _check_uid(value: str) -> str:
-    uid = UID(value)
-    if not uid.is_valid:
+    """PS3.5 9.1: digits and dots, no leading zeros, at most 64 characters."""
+    if len(value) > 64 or not _UID_RE.match(value):
         raise ValueError(f"{value!r} is not a valid DICOM UID")
-    return str(uid)
+    return value
 
 
 AETitle = Annotated[str, AfterValidator(_check_ae_title)]

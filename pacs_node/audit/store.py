@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine, exists, func, select, update
+from sqlalchemy import Connection, Engine, bindparam, exists, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 
@@ -15,6 +15,7 @@ from pacs_node.audit.db import session_factory
 from pacs_node.audit.models import (
     Association,
     AssociationOutcome,
+    Base,
     Instance,
     Job,
     JobState,
@@ -57,10 +58,11 @@ class InstanceFacts:
 
 
 @dataclass(frozen=True)
-class StoredVersion:
+class StoreOutcome:
+    """The version a received object was recorded as, and whether it was a duplicate."""
+
     version: int
-    sha256: str
-    spool_path: str
+    duplicate: bool
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,28 @@ class CompleteSeries:
     calling_ae: str
     series_description: str | None
     sop_class_uid: str
+
+
+# The C-STORE path runs these for every instance: built once, compiled once.
+_SELECT_VERSIONS = select(Instance.version, Instance.sha256).where(
+    Instance.sop_instance_uid == bindparam("uid")
+)
+_INSERT_EVENT = insert(StoreEvent)
+_INSERT_INSTANCE = insert(Instance)
+_TOUCH_SERIES_BY_UID = (
+    update(Series)
+    .where(Series.series_instance_uid == bindparam("uid"))
+    .values(last_received_at=bindparam("now"), last_association_id=bindparam("assoc"))
+)
+_COUNT_INTO_SERIES = (
+    update(Series)
+    .where(Series.id == bindparam("series_pk"))
+    .values(
+        last_received_at=bindparam("now"),
+        last_association_id=bindparam("assoc"),
+        instance_count=Series.instance_count + 1,
+    )
+)
 
 
 class AuditStore:
@@ -190,144 +214,138 @@ class AuditStore:
 
     # -- instances ------------------------------------------------------------------------
 
-    def stored_versions(self, sop_instance_uid: str) -> list[StoredVersion]:
-        with self._sessions() as s:
-            rows = s.execute(
-                select(Instance.version, Instance.sha256, Instance.spool_path)
-                .where(Instance.sop_instance_uid == sop_instance_uid)
-                .order_by(Instance.version)
-            )
-            return [StoredVersion(v, h, p) for v, h, p in rows]
-
-    def record_duplicate(self, facts: InstanceFacts, association_id: int, version: int) -> None:
-        """An identical resend: log it and count it as activity on the series."""
-        with self._sessions.begin() as s:
-            s.add(
-                StoreEvent(
-                    association_id=association_id,
-                    kind=StoreEventKind.DUPLICATE,
-                    status=0x0000,
-                    reason=f"identical to stored version {version}; acknowledged, not stored again",
-                    sop_class_uid=facts.sop_class_uid,
-                    sop_instance_uid=facts.sop_instance_uid,
-                    series_instance_uid=facts.series_instance_uid,
-                    at=utcnow(),
-                )
-            )
-            s.execute(
-                update(Series)
-                .where(Series.series_instance_uid == facts.series_instance_uid)
-                .values(last_received_at=utcnow(), last_association_id=association_id)
-            )
-
-    def record_instance(
+    def store_instance(
         self,
         facts: InstanceFacts,
         *,
         association_id: int,
         calling_ae: str,
-        version: int,
         sha256: str,
         size_bytes: int,
-        spool_path: str,
-    ) -> int:
-        """Insert a stored instance (creating its study and series rows when new).
+        place: Callable[[int], str],
+    ) -> StoreOutcome:
+        """Record a received object in one transaction, or its identical twin as a duplicate.
 
-        Raises ``sqlalchemy.exc.IntegrityError`` when another receiver stored the same
-        SOP Instance UID and version first; the caller re-reads the versions and retries.
+        ``place(version)`` puts the file in the spool and returns its relative path; it runs
+        inside the transaction so the row commits only once the file is durable. Raises
+        ``sqlalchemy.exc.IntegrityError`` when another receiver stored the same SOP Instance
+        UID and version first: the caller retries and will see that version.
         """
         now = utcnow()
-        with self._sessions.begin() as s:
-            study_id = self._ensure_study(s, facts)
-            series_id = self._ensure_series(s, facts, study_id, association_id, calling_ae)
-            row = Instance(
-                series_id=series_id,
-                association_id=association_id,
-                sop_instance_uid=facts.sop_instance_uid,
-                version=version,
-                sop_class_uid=facts.sop_class_uid,
-                transfer_syntax_uid=facts.transfer_syntax_uid,
-                sha256=sha256,
-                size_bytes=size_bytes,
-                spool_path=spool_path,
-                received_at=now,
-            )
-            s.add(row)
-            if version > 1:
-                s.add(
-                    StoreEvent(
-                        association_id=association_id,
-                        kind=StoreEventKind.NEW_VERSION,
-                        status=0x0000,
-                        reason=f"content differs from the stored copy; kept as version {version}",
-                        sop_class_uid=facts.sop_class_uid,
-                        sop_instance_uid=facts.sop_instance_uid,
-                        series_instance_uid=facts.series_instance_uid,
-                        at=now,
-                    )
+        event = {
+            "association_id": association_id,
+            "sop_class_uid": facts.sop_class_uid,
+            "sop_instance_uid": facts.sop_instance_uid,
+            "series_instance_uid": facts.series_instance_uid,
+            "at": now,
+            "status": 0x0000,
+        }
+        with self.engine.begin() as conn:
+            versions = conn.execute(_SELECT_VERSIONS, {"uid": facts.sop_instance_uid}).all()
+            same = next((v for v, h in versions if h == sha256), None)
+            if same is not None:
+                conn.execute(
+                    _INSERT_EVENT,
+                    {
+                        **event,
+                        "kind": StoreEventKind.DUPLICATE,
+                        "reason": f"identical to stored version {same}; "
+                        "acknowledged, not stored again",
+                    },
                 )
-            s.execute(
-                update(Series)
-                .where(Series.id == series_id)
-                .values(
-                    last_received_at=now,
-                    last_association_id=association_id,
-                    instance_count=Series.instance_count + 1,
+                conn.execute(
+                    _TOUCH_SERIES_BY_UID,
+                    {"uid": facts.series_instance_uid, "now": now, "assoc": association_id},
                 )
-            )
-            s.flush()
-            return row.id
-
-    def _insert_ignoring_conflict(self, s: Session, table: type, values: dict[str, object]) -> None:
-        dialect = s.get_bind().dialect.name
-        insert_fn = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        s.execute(insert_fn(table).values(**values).on_conflict_do_nothing())
-
-    def _ensure_study(self, s: Session, facts: InstanceFacts) -> int:
-        uid = facts.study_instance_uid
-        if uid not in self._study_ids:
-            self._insert_ignoring_conflict(
-                s,
-                Study,
+                return StoreOutcome(version=same, duplicate=True)
+            version = max((v for v, _h in versions), default=0) + 1
+            spool_path = place(version)
+            study_id = self._study_id(conn, facts)
+            series_id = self._series_id(conn, facts, study_id, association_id, calling_ae)
+            conn.execute(
+                _INSERT_INSTANCE,
                 {
-                    "study_instance_uid": uid,
-                    "accession_number": facts.accession_number,
-                    "study_date": facts.study_date,
-                    "first_received_at": utcnow(),
+                    "series_id": series_id,
+                    "association_id": association_id,
+                    "sop_instance_uid": facts.sop_instance_uid,
+                    "version": version,
+                    "sop_class_uid": facts.sop_class_uid,
+                    "transfer_syntax_uid": facts.transfer_syntax_uid,
+                    "sha256": sha256,
+                    "size_bytes": size_bytes,
+                    "spool_path": spool_path,
+                    "received_at": now,
                 },
             )
-            self._study_ids[uid] = s.scalars(
-                select(Study.id).where(Study.study_instance_uid == uid)
-            ).one()
-        return self._study_ids[uid]
+            if version > 1:
+                conn.execute(
+                    _INSERT_EVENT,
+                    {
+                        **event,
+                        "kind": StoreEventKind.NEW_VERSION,
+                        "reason": f"content differs from the stored copy; kept as version {version}",
+                    },
+                )
+            conn.execute(
+                _COUNT_INTO_SERIES, {"series_pk": series_id, "now": now, "assoc": association_id}
+            )
+        # Cached only once committed: a rolled-back insert must not leave a dangling id.
+        self._study_ids[facts.study_instance_uid] = study_id
+        self._series_ids[facts.series_instance_uid] = series_id
+        return StoreOutcome(version=version, duplicate=False)
 
-    def _ensure_series(
-        self, s: Session, facts: InstanceFacts, study_id: int, association_id: int, calling_ae: str
+    def _insert_ignoring_conflict(
+        self, conn: Connection, table: type[Base], values: dict[str, object]
+    ) -> None:
+        insert_fn = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+        conn.execute(insert_fn(table).values(**values).on_conflict_do_nothing())
+
+    def _study_id(self, conn: Connection, facts: InstanceFacts) -> int:
+        uid = facts.study_instance_uid
+        if uid in self._study_ids:
+            return self._study_ids[uid]
+        self._insert_ignoring_conflict(
+            conn,
+            Study,
+            {
+                "study_instance_uid": uid,
+                "accession_number": facts.accession_number,
+                "study_date": facts.study_date,
+                "first_received_at": utcnow(),
+            },
+        )
+        study_id: int = conn.scalars(select(Study.id).where(Study.study_instance_uid == uid)).one()
+        return study_id
+
+    def _series_id(
+        self, conn: Connection, facts: InstanceFacts, study_id: int, association_id: int,
+        calling_ae: str,
     ) -> int:
         uid = facts.series_instance_uid
-        if uid not in self._series_ids:
-            now = utcnow()
-            self._insert_ignoring_conflict(
-                s,
-                Series,
-                {
-                    "study_id": study_id,
-                    "series_instance_uid": uid,
-                    "modality": facts.modality,
-                    "series_description": facts.series_description,
-                    "image_type": facts.image_type,
-                    "sop_class_uid": facts.sop_class_uid,
-                    "calling_ae": calling_ae,
-                    "first_received_at": now,
-                    "last_received_at": now,
-                    "last_association_id": association_id,
-                    "instance_count": 0,
-                },
-            )
-            self._series_ids[uid] = s.scalars(
-                select(Series.id).where(Series.series_instance_uid == uid)
-            ).one()
-        return self._series_ids[uid]
+        if uid in self._series_ids:
+            return self._series_ids[uid]
+        now = utcnow()
+        self._insert_ignoring_conflict(
+            conn,
+            Series,
+            {
+                "study_id": study_id,
+                "series_instance_uid": uid,
+                "modality": facts.modality,
+                "series_description": facts.series_description,
+                "image_type": facts.image_type,
+                "sop_class_uid": facts.sop_class_uid,
+                "calling_ae": calling_ae,
+                "first_received_at": now,
+                "last_received_at": now,
+                "last_association_id": association_id,
+                "instance_count": 0,
+            },
+        )
+        series_id: int = conn.scalars(
+            select(Series.id).where(Series.series_instance_uid == uid)
+        ).one()
+        return series_id
 
     # -- completion and jobs ----------------------------------------------------------------
 

@@ -7,8 +7,11 @@ identity and sends back the status this returns.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import wait
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
@@ -16,7 +19,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from pacs_node.audit.models import StoreEventKind
 from pacs_node.audit.store import AuditStore, InstanceFacts
-from pacs_node.receiver.spool import Spool, is_path_safe_uid
+from pacs_node.receiver.spool import SealedFile, Spool, is_path_safe_uid
 from pacs_node.receiver.status import StoreStatus
 
 logger = logging.getLogger(__name__)
@@ -33,6 +36,8 @@ _HEADER_TAGS = [
     "StudyDate",
     "SpecificCharacterSet",
 ]
+_REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+_HEAD_BYTES = 256 * 1024
 _MAX_INSERT_ATTEMPTS = 5
 
 
@@ -69,20 +74,39 @@ def _text(value: object) -> str | None:
     return str(value).strip() or None
 
 
+def _read_header(source: Path | BytesIO) -> dict[str, Any]:
+    ds = dcmread(source, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+    return {tag: ds.get(tag) for tag in _HEADER_TAGS}
+
+
+def read_header(path: Path) -> dict[str, Any]:
+    """The attributes routing and the audit need, parsed from the start of ``path``.
+
+    Parsing an in-memory head is faster than pydicom's many small file reads; a header
+    longer than the head (or one the truncation breaks) is parsed from the file instead.
+    """
+    with path.open("rb") as f:
+        head = f.read(_HEAD_BYTES)
+        whole = not f.read(1)
+    if not whole:
+        try:
+            header = _read_header(BytesIO(head))
+        except (InvalidDicomError, ValueError, KeyError, EOFError, TypeError, IndexError):
+            header = {}
+        if all(header.get(k) for k in _REQUIRED_UIDS):
+            return header
+    return _read_header(BytesIO(head) if whole else path)
+
+
 def read_facts(req: StoreRequest) -> InstanceFacts:
     """Read the header of the received file and check the UIDs the node relies on."""
     try:
-        ds = dcmread(req.temp_path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-        header = {tag: ds.get(tag) for tag in _HEADER_TAGS}
+        header = read_header(req.temp_path)
     except (InvalidDicomError, ValueError, KeyError, EOFError, OSError, TypeError) as exc:
         raise HeaderError(
             StoreStatus.CANNOT_UNDERSTAND, f"data set does not decode: {type(exc).__name__}"
         ) from None
-    missing = [
-        k
-        for k in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
-        if not _text(header[k])
-    ]
+    missing = [k for k in _REQUIRED_UIDS if not _text(header[k])]
     if missing:
         raise HeaderError(
             StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, f"data set lacks {', '.join(missing)}"
@@ -152,12 +176,14 @@ class Ingest:
                 f"free disk {free // 2**20} MiB is below the floor of "
                 f"{self.min_free_bytes // 2**20} MiB",
             )
+        sealing = self.spool.start_seal(req.temp_path)
         try:
             facts = read_facts(req)
         except HeaderError as exc:
+            wait([sealing])  # pynetdicom deletes the file once the handler returns
             return self._refuse(req, exc.status, str(exc))
         try:
-            return self._store_durably(req, facts)
+            return self._store_durably(req, facts, sealing.result())
         except (OSError, SQLAlchemyError) as exc:
             logger.exception("could not store an instance")
             return self._refuse(
@@ -167,35 +193,39 @@ class Ingest:
                 series_uid=facts.series_instance_uid,
             )
 
-    def _store_durably(self, req: StoreRequest, facts: InstanceFacts) -> StoreResult:
-        sealed = self.spool.seal(req.temp_path)
+    def _store_durably(
+        self, req: StoreRequest, facts: InstanceFacts, sealed: SealedFile
+    ) -> StoreResult:
         relative = self.spool.relative_path(
-            facts.study_instance_uid, facts.series_instance_uid, facts.sop_instance_uid,
+            facts.study_instance_uid,
+            facts.series_instance_uid,
+            facts.sop_instance_uid,
             sealed.sha256,
         )
-        for _attempt in range(_MAX_INSERT_ATTEMPTS):
-            versions = self.audit.stored_versions(facts.sop_instance_uid)
-            same = next((v for v in versions if v.sha256 == sealed.sha256), None)
-            if same is not None:
-                self.audit.record_duplicate(facts, req.association_id, same.version)
-                return StoreResult(StoreStatus.SUCCESS, f"duplicate of version {same.version}")
-            version = max((v.version for v in versions), default=0) + 1
-            if not self.spool.root.joinpath(relative).exists():
+
+        def place(_version: int) -> str:
+            # The digest in the name keeps versions apart; a file already there has these
+            # very bytes (left by a crash before its row committed, or by a concurrent twin).
+            if not (self.spool.root / relative).exists():
                 self.spool.place(sealed, relative)
+            return relative
+
+        for _attempt in range(_MAX_INSERT_ATTEMPTS):
             try:
-                self.audit.record_instance(
+                outcome = self.audit.store_instance(
                     facts,
                     association_id=req.association_id,
                     calling_ae=req.calling_ae,
-                    version=version,
                     sha256=sealed.sha256,
                     size_bytes=sealed.size,
-                    spool_path=relative,
+                    place=place,
                 )
             except IntegrityError:
                 # Another receiver stored this SOP Instance UID meanwhile: look again.
                 continue
-            reason = "stored" if version == 1 else f"stored as version {version}"
+            if outcome.duplicate:
+                return StoreResult(StoreStatus.SUCCESS, f"duplicate of version {outcome.version}")
+            reason = "stored" if outcome.version == 1 else f"stored as version {outcome.version}"
             return StoreResult(StoreStatus.SUCCESS, reason, sealed.size)
         raise OSError(f"gave up after {_MAX_INSERT_ATTEMPTS} concurrent versions of one instance")
 

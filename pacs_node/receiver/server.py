@@ -44,6 +44,8 @@ class ReceiverServer(ThreadedAssociationServer):  # type: ignore[misc]
 
     def get_request(self) -> tuple[socket.socket, Any]:
         client_socket, address = self.socket.accept()
+        # C-STORE responses are small writes; do not let Nagle hold them back.
+        client_socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.ssl_context:
             # No I/O here: the handshake happens in process_request_thread.
             client_socket = self.ssl_context.wrap_socket(

@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,11 +28,35 @@ def is_path_safe_uid(uid: str) -> bool:
 
 @dataclass(frozen=True)
 class SealedFile:
-    """A received file whose bytes are on disk: its digest and size."""
+    """A received file whose bytes are on disk (fsynced): its digest and size."""
 
     path: Path
     sha256: str
     size: int
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _digest(path: Path) -> SealedFile:
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb", buffering=0) as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return SealedFile(path, digest.hexdigest(), size)
+
+
+def _digest_after(path: Path, synced: Future[None]) -> SealedFile:
+    sealed = _digest(path)
+    synced.result()
+    return sealed
 
 
 def _fsync_dir(path: Path) -> None:
@@ -45,9 +70,10 @@ def _fsync_dir(path: Path) -> None:
 class Spool:
     """Places received files under ``root``; temporary files live in ``incoming``."""
 
-    def __init__(self, root: Path, incoming: Path) -> None:
+    def __init__(self, root: Path, incoming: Path, *, sync_threads: int = 8) -> None:
         self.root = root
         self.incoming = incoming
+        self._workers = ThreadPoolExecutor(sync_threads, thread_name_prefix="spool-seal")
 
     def prepare(self) -> None:
         """Create the directories and refuse an ``incoming`` on another filesystem."""
@@ -71,21 +97,13 @@ class Spool:
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
 
-    @staticmethod
-    def seal(path: Path) -> SealedFile:
-        """Hash ``path`` and fsync its bytes to disk."""
-        digest = hashlib.sha256()
-        size = 0
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            with os.fdopen(os.dup(fd), "rb", buffering=0) as f:
-                while chunk := f.read(_CHUNK):
-                    digest.update(chunk)
-                    size += len(chunk)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        return SealedFile(path, digest.hexdigest(), size)
+    def start_seal(self, path: Path) -> Future[SealedFile]:
+        """Hash and fsync ``path`` on helper threads while the caller parses the header.
+
+        Both release the GIL, so they overlap with the parse and with each other.
+        """
+        synced = self._workers.submit(_fsync_file, path)
+        return self._workers.submit(_digest_after, path, synced)
 
     @staticmethod
     def relative_path(study_uid: str, series_uid: str, sop_uid: str, sha256: str) -> str:

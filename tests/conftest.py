@@ -1,0 +1,105 @@
+"""Shared fixtures: audit databases (SQLite and PostgreSQL), nodes, synthetic scans."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pydicom
+import pytest
+from nodeharness import Node, free_port, write_config
+from sqlalchemy import Engine
+
+from pacs_node.audit.db import make_engine, upgrade
+
+POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/{name}"
+
+
+@pytest.fixture
+def strict_reading() -> Iterator[None]:
+    """Read what we write the way highdicom does: invalid values raise."""
+    settings = pydicom.config.settings
+    before = settings.reading_validation_mode
+    settings.reading_validation_mode = pydicom.config.RAISE
+    try:
+        yield
+    finally:
+        settings.reading_validation_mode = before
+
+
+def _postgres_database() -> Iterator[str]:
+    name = f"pacs_node_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield POSTGRES_URL.format(name=name)
+    finally:
+        with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty audit database of each supported kind."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'audit.sqlite3'}"
+    else:
+        yield from _postgres_database()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    yield from _postgres_database()
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """An audit database migrated from empty to head with Alembic."""
+    upgrade(database_url)
+    eng = make_engine(database_url)
+    yield eng
+    eng.dispose()
+
+
+NodeFactory = Callable[..., Node]
+
+
+@pytest.fixture
+def node_factory(tmp_path: Path) -> Iterator[NodeFactory]:
+    """Build (not start) nodes with a config file; all are stopped at teardown."""
+    nodes: list[Node] = []
+
+    def build(
+        sections: dict[str, dict[str, Any]] | None = None,
+        rules: list[dict[str, Any]] | None = None,
+        name: str = "node",
+    ) -> Node:
+        base = tmp_path / name
+        port = free_port()
+        merged: dict[str, dict[str, Any]] = {
+            "node": {"host": "127.0.0.1", "port": port, "receiver_processes": 2},
+            "storage": {"data_dir": base / "data", "min_free_disk_mb": 1},
+            "completion": {"quiet_period_s": 1.0, "poll_interval_s": 0.2},
+            "timeouts": {"connection_idle": 5.0, "acse": 10.0},
+        }
+        for section, values in (sections or {}).items():
+            merged[section] = {**merged.get(section, {}), **values}
+        base.mkdir(parents=True, exist_ok=True)
+        config = write_config(base / "pacs-node.toml", merged, rules or [])
+        node = Node(
+            config=config,
+            port=int(merged["node"]["port"]),
+            data_dir=Path(merged["storage"]["data_dir"]),
+            log=base / "node.log",
+            ae_title=str(merged["node"].get("ae_title", "PACS_NODE")),
+        )
+        nodes.append(node)
+        return node
+
+    yield build
+    for node in nodes:
+        node.stop()
