@@ -102,9 +102,11 @@ def read_facts(req: StoreRequest) -> InstanceFacts:
     """Read the header of the received file and check the UIDs the node relies on."""
     try:
         header = read_header(req.temp_path)
-    except (InvalidDicomError, ValueError, KeyError, EOFError, OSError, TypeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - untrusted bytes: whatever pydicom raises
+        # (zlib.error for a corrupt deflate stream, struct.error, ...) means "does not decode".
         raise HeaderError(
-            StoreStatus.CANNOT_UNDERSTAND, f"data set does not decode: {type(exc).__name__}"
+            StoreStatus.CANNOT_UNDERSTAND,
+            f"data set does not decode: {type(exc).__name__}: {str(exc)[:120]}",
         ) from None
     missing = [k for k in _REQUIRED_UIDS if not _text(header[k])]
     if missing:
