@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import socketserver
 import ssl
 from collections.abc import Callable
 from typing import Any
@@ -36,6 +37,12 @@ class ReceiverServer(ThreadedAssociationServer):  # type: ignore[misc]
     tls_handshake_timeout: float = 15.0
     reuse_port: bool = False
     on_tls_failure: TlsFailureCallback | None = None
+
+    def shutdown(self) -> None:
+        # pynetdicom's shutdown also removes the server from ae._servers, where only
+        # ae.start_server() puts it; make_server() servers are not there.
+        socketserver.BaseServer.shutdown(self)
+        self.server_close()
 
     def server_bind(self) -> None:
         if self.reuse_port:
