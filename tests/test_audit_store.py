@@ -24,6 +24,7 @@ from pacs_node.audit.models import (
 )
 from pacs_node.audit.queries import list_rows
 from pacs_node.audit.store import AuditStore, InstanceFacts, PeerInfo
+from pacs_node.receiver.spool import Placement
 
 PEER = PeerInfo(calling_ae="GAMMA_CAM", called_ae="PACS_NODE", host="127.0.0.1", port=5000, tls=False)
 
@@ -43,10 +44,12 @@ def facts(sop: str = "1.2.3.4.1", series: str = "1.2.3.4", study: str = "1.2.3")
     )
 
 
-def store(audit: AuditStore, f: InstanceFacts, assoc: int, sha: str, placed: list[int]) -> tuple[int, bool]:
-    def place(version: int) -> str:
+def store(
+    audit: AuditStore, f: InstanceFacts, assoc: int, sha: str, placed: list[int]
+) -> tuple[int, bool]:
+    def place(version: int) -> Placement:
         placed.append(version)
-        return f"{f.sop_instance_uid}.{sha}.dcm"
+        return Placement(f"{f.sop_instance_uid}.{sha}.dcm", ())
 
     outcome = audit.store_instance(
         f, association_id=assoc, calling_ae="GAMMA_CAM", sha256=sha, size_bytes=10, place=place
@@ -96,7 +99,7 @@ def test_a_failed_transaction_leaves_no_dangling_cache(engine: Engine) -> None:
     audit = AuditStore(engine)
     assoc = audit.open_association(PEER, receiver_pid=1)
 
-    def failing_place(version: int) -> str:
+    def failing_place(version: int) -> Placement:
         raise OSError("disk gone")
 
     with pytest.raises(OSError):

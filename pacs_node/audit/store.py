@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 from datetime import datetime
 
 from sqlalchemy import Connection, Engine, bindparam, exists, func, insert, select, update
@@ -55,6 +56,15 @@ class InstanceFacts:
     image_type: str | None
     accession_number: str | None
     study_date: str | None
+
+
+class Placement(Protocol):
+    """A file put in the spool: where, and a wait until it cannot be lost."""
+
+    @property
+    def relative(self) -> str: ...
+
+    def wait_durable(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -222,12 +232,12 @@ class AuditStore:
         calling_ae: str,
         sha256: str,
         size_bytes: int,
-        place: Callable[[int], str],
+        place: Callable[[int], Placement],
     ) -> StoreOutcome:
         """Record a received object in one transaction, or its identical twin as a duplicate.
 
-        ``place(version)`` puts the file in the spool and returns its relative path; it runs
-        inside the transaction so the row commits only once the file is durable. Raises
+        ``place(version)`` puts the file in the spool; the transaction commits only after
+        its placement is durable, so a committed row always has its file on disk. Raises
         ``sqlalchemy.exc.IntegrityError`` when another receiver stored the same SOP Instance
         UID and version first: the caller retries and will see that version.
         """
@@ -259,7 +269,7 @@ class AuditStore:
                 )
                 return StoreOutcome(version=same, duplicate=True)
             version = max((v for v, _h in versions), default=0) + 1
-            spool_path = place(version)
+            placement = place(version)
             study_id = self._study_id(conn, facts)
             series_id = self._series_id(conn, facts, study_id, association_id, calling_ae)
             conn.execute(
@@ -273,7 +283,7 @@ class AuditStore:
                     "transfer_syntax_uid": facts.transfer_syntax_uid,
                     "sha256": sha256,
                     "size_bytes": size_bytes,
-                    "spool_path": spool_path,
+                    "spool_path": placement.relative,
                     "received_at": now,
                 },
             )
@@ -289,6 +299,7 @@ class AuditStore:
             conn.execute(
                 _COUNT_INTO_SERIES, {"series_pk": series_id, "now": now, "assoc": association_id}
             )
+            placement.wait_durable()
         # Cached only once committed: a rolled-back insert must not leave a dangling id.
         self._study_ids[facts.study_instance_uid] = study_id
         self._series_ids[facts.series_instance_uid] = series_id

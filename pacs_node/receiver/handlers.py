@@ -28,7 +28,6 @@ logger = logging.getLogger(__name__)
 
 # A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4
 _REJECT_CALLING_AE = (0x01, 0x01, 0x03)
-_DUL_IDLE_DELAY_S = 0.0002
 _DIAGNOSTICS = {
     (0x01, 0x03): "calling AE title not recognised",
     (0x01, 0x07): "called AE title not recognised",
@@ -117,9 +116,6 @@ class ReceiverHandlers:
             logger.exception("cannot audit an association request; rejecting it")
             assoc.acse.send_reject(0x02, 0x03, 0x01)
             return
-        # pynetdicom's DUL sleeps this long whenever it finds nothing to do; its 1 ms default
-        # adds most of a millisecond to every C-STORE round trip.
-        assoc.dul._run_loop_delay = _DUL_IDLE_DELAY_S
         state = _AssociationState(audit_id=audit_id, calling_ae=calling_ae)
         with self._lock:
             self._states[assoc] = state

@@ -7,7 +7,6 @@ identity and sends back the status this returns.
 from __future__ import annotations
 
 import logging
-from concurrent.futures import wait
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -19,7 +18,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from pacs_node.audit.models import StoreEventKind
 from pacs_node.audit.store import AuditStore, InstanceFacts
-from pacs_node.receiver.spool import SealedFile, Spool, is_path_safe_uid
+from pacs_node.receiver.spool import Placement, Sealing, Spool, is_path_safe_uid
 from pacs_node.receiver.status import StoreStatus
 
 logger = logging.getLogger(__name__)
@@ -182,10 +181,9 @@ class Ingest:
         try:
             facts = read_facts(req)
         except HeaderError as exc:
-            wait([sealing])  # pynetdicom deletes the file once the handler returns
             return self._refuse(req, exc.status, str(exc))
         try:
-            return self._store_durably(req, facts, sealing.result())
+            return self._store_durably(req, facts, sealing)
         except (OSError, SQLAlchemyError) as exc:
             logger.exception("could not store an instance")
             return self._refuse(
@@ -196,8 +194,9 @@ class Ingest:
             )
 
     def _store_durably(
-        self, req: StoreRequest, facts: InstanceFacts, sealed: SealedFile
+        self, req: StoreRequest, facts: InstanceFacts, sealing: Sealing
     ) -> StoreResult:
+        sealed = sealing.digest.result()
         relative = self.spool.relative_path(
             facts.study_instance_uid,
             facts.series_instance_uid,
@@ -205,12 +204,12 @@ class Ingest:
             sealed.sha256,
         )
 
-        def place(_version: int) -> str:
-            # The digest in the name keeps versions apart; a file already there has these
-            # very bytes (left by a crash before its row committed, or by a concurrent twin).
-            if not (self.spool.root / relative).exists():
-                self.spool.place(sealed, relative)
-            return relative
+        def place(_version: int) -> Placement:
+            # The digest in the name keeps versions apart; the file may already be in place
+            # from an earlier attempt of this loop.
+            if sealed.path.exists():
+                return self.spool.place(sealed, relative, sealing.synced)
+            return Placement(relative, (sealing.synced,))
 
         for _attempt in range(_MAX_INSERT_ATTEMPTS):
             try:

@@ -1,7 +1,11 @@
 """Durable spool of received objects, laid out as ``Study/Series/SOP.<sha>.dcm``.
 
 A file is durable once its bytes are fsynced, it has been renamed into place on the same
-filesystem (atomic), and the directory entry itself is fsynced.
+filesystem (atomic), and the directory entry itself is fsynced. The node commits an audit
+row, and so acknowledges a C-STORE, only after all three.
+
+To keep the C-STORE round trip short, the fsyncs run on helper threads (they release the
+GIL) while the handler parses the header and writes the audit row; the commit waits for them.
 """
 
 from __future__ import annotations
@@ -28,35 +32,48 @@ def is_path_safe_uid(uid: str) -> bool:
 
 @dataclass(frozen=True)
 class SealedFile:
-    """A received file whose bytes are on disk (fsynced): its digest and size."""
+    """A received file: its digest and size."""
 
     path: Path
     sha256: str
     size: int
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+@dataclass(frozen=True)
+class Sealing:
+    """Work started on a received file: its digest, and the fsync of its bytes."""
+
+    digest: Future[SealedFile]
+    synced: Future[None]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A file renamed into the spool; :meth:`wait_durable` returns once nothing can undo it."""
+
+    relative: str
+    _pending: tuple[Future[None], ...]
+
+    def wait_durable(self) -> None:
+        for future in self._pending:
+            future.result()
+
+
+def _fsync(fd: int) -> None:
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
-def _digest(path: Path) -> SealedFile:
+def _digest(path: Path, fd: int) -> SealedFile:
     digest = hashlib.sha256()
     size = 0
-    with path.open("rb", buffering=0) as f:
+    with os.fdopen(fd, "rb", buffering=0) as f:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
             size += len(chunk)
     return SealedFile(path, digest.hexdigest(), size)
-
-
-def _digest_after(path: Path, synced: Future[None]) -> SealedFile:
-    sealed = _digest(path)
-    synced.result()
-    return sealed
 
 
 def _fsync_dir(path: Path) -> None:
@@ -70,10 +87,10 @@ def _fsync_dir(path: Path) -> None:
 class Spool:
     """Places received files under ``root``; temporary files live in ``incoming``."""
 
-    def __init__(self, root: Path, incoming: Path, *, sync_threads: int = 8) -> None:
+    def __init__(self, root: Path, incoming: Path, *, io_threads: int = 8) -> None:
         self.root = root
         self.incoming = incoming
-        self._workers = ThreadPoolExecutor(sync_threads, thread_name_prefix="spool-seal")
+        self._io = ThreadPoolExecutor(io_threads, thread_name_prefix="spool-io")
 
     def prepare(self) -> None:
         """Create the directories and refuse an ``incoming`` on another filesystem."""
@@ -97,13 +114,18 @@ class Spool:
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
 
-    def start_seal(self, path: Path) -> Future[SealedFile]:
-        """Hash and fsync ``path`` on helper threads while the caller parses the header.
-
-        Both release the GIL, so they overlap with the parse and with each other.
-        """
-        synced = self._workers.submit(_fsync_file, path)
-        return self._workers.submit(_digest_after, path, synced)
+    def start_seal(self, path: Path) -> Sealing:
+        """Start hashing and fsyncing ``path`` on helper threads."""
+        # Opened here, not on the helper threads: the file may be renamed before they run.
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            dup = os.dup(fd)
+        except OSError:
+            os.close(fd)
+            raise
+        return Sealing(
+            digest=self._io.submit(_digest, path, fd), synced=self._io.submit(_fsync, dup)
+        )
 
     @staticmethod
     def relative_path(study_uid: str, series_uid: str, sop_uid: str, sha256: str) -> str:
@@ -113,8 +135,13 @@ class Spool:
                 raise ValueError(f"UID {uid!r} is not a valid UID")
         return f"{study_uid}/{series_uid}/{sop_uid}.{sha256[:16]}.dcm"
 
-    def place(self, sealed: SealedFile, relative: str) -> Path:
-        """Rename ``sealed`` into the spool at ``relative`` and fsync the directories."""
+    def place(self, sealed: SealedFile, relative: str, synced: Future[None]) -> Placement:
+        """Rename ``sealed`` into the spool at ``relative``; fsync the directory meanwhile.
+
+        ``synced`` is the fsync of the file's bytes. A file already at ``relative`` (same
+        digest: a crash before its row committed, or a concurrent identical send) may be
+        recorded, so it is only replaced once the new bytes are on disk.
+        """
         target = self.root / relative
         series_dir = target.parent
         if not series_dir.is_dir():
@@ -122,9 +149,7 @@ class Spool:
             # New directories must be durable in their parents too.
             _fsync_dir(series_dir.parent)
             _fsync_dir(series_dir.parent.parent)
+        if target.exists():
+            synced.result()
         os.replace(sealed.path, target)
-        _fsync_dir(series_dir)
-        return target
-
-    def discard(self, relative: str) -> None:
-        (self.root / relative).unlink(missing_ok=True)
+        return Placement(relative, (synced, self._io.submit(_fsync_dir, series_dir)))
