@@ -96,10 +96,24 @@ def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
 
 _TABLE_COLUMNS = {
     "associations": (
-        "id", "started_at", "calling_ae", "peer_host", "tls", "state", "instances", "bytes",
+        "id",
+        "started_at",
+        "calling_ae",
+        "peer_host",
+        "tls",
+        "state",
+        "instances",
+        "bytes",
         "reason",
     ),
-    "instances": ("id", "received_at", "sop_instance_uid", "version", "size_bytes", "association_id"),
+    "instances": (
+        "id",
+        "received_at",
+        "sop_instance_uid",
+        "version",
+        "size_bytes",
+        "association_id",
+    ),
     "jobs": ("id", "created_at", "series_instance_uid", "state", "rule_name", "reason"),
     "events": ("id", "at", "state", "status", "association_id", "sop_instance_uid", "reason"),
 }

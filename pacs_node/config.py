@@ -57,9 +57,7 @@ def _check_ae_title(value: str) -> str:
     if len(stripped) > 16:
         raise ValueError(f"AE title {value!r} is longer than 16 characters")
     if not _AE_TITLE_RE.match(stripped):
-        raise ValueError(
-            f"AE title {value!r} has characters outside the DICOM default repertoire"
-        )
+        raise ValueError(f"AE title {value!r} has characters outside the DICOM default repertoire")
     return stripped
 
 

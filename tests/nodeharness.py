@@ -50,7 +50,9 @@ def toml_value(value: Any) -> str:
     raise TypeError(value)
 
 
-def write_config(path: Path, sections: dict[str, dict[str, Any]], rules: list[dict[str, Any]]) -> Path:
+def write_config(
+    path: Path, sections: dict[str, dict[str, Any]], rules: list[dict[str, Any]]
+) -> Path:
     lines = []
     for section, values in sections.items():
         lines.append(f"[{section}]")
@@ -140,8 +142,16 @@ def storescu(
     """dcmtk storescu as the gamma camera; returns its result (stderr has -v output)."""
     return subprocess.run(
         [
-            "storescu", "-v", "-aet", calling_ae, "-aec", node.ae_title, *extra,
-            "127.0.0.1", str(node.port), *map(str, files),
+            "storescu",
+            "-v",
+            "-aet",
+            calling_ae,
+            "-aec",
+            node.ae_title,
+            *extra,
+            "127.0.0.1",
+            str(node.port),
+            *map(str, files),
         ],
         capture_output=True,
         text=True,

@@ -26,7 +26,9 @@ from pacs_node.audit.queries import list_rows
 from pacs_node.audit.store import AuditStore, InstanceFacts, PeerInfo
 from pacs_node.receiver.spool import Placement
 
-PEER = PeerInfo(calling_ae="GAMMA_CAM", called_ae="PACS_NODE", host="127.0.0.1", port=5000, tls=False)
+PEER = PeerInfo(
+    calling_ae="GAMMA_CAM", called_ae="PACS_NODE", host="127.0.0.1", port=5000, tls=False
+)
 
 
 def facts(sop: str = "1.2.3.4.1", series: str = "1.2.3.4", study: str = "1.2.3") -> InstanceFacts:
@@ -104,8 +106,12 @@ def test_a_failed_transaction_leaves_no_dangling_cache(engine: Engine) -> None:
 
     with pytest.raises(OSError):
         audit.store_instance(
-            facts(series="9.9", study="9.8"), association_id=assoc, calling_ae="C",
-            sha256="cc" * 32, size_bytes=1, place=failing_place,
+            facts(series="9.9", study="9.8"),
+            association_id=assoc,
+            calling_ae="C",
+            sha256="cc" * 32,
+            size_bytes=1,
+            place=failing_place,
         )
     assert store(audit, facts(series="9.9", study="9.8"), assoc, "cc" * 32, []) == (1, False)
 
@@ -118,9 +124,16 @@ def test_two_stores_of_one_version_conflict(engine: Engine) -> None:
     with pytest.raises(IntegrityError), engine.begin() as conn:
         conn.execute(
             Instance.__table__.insert().values(
-                series_id=1, association_id=assoc, sop_instance_uid="1.2.3.4.1", version=1,
-                sop_class_uid="1", transfer_syntax_uid="1", sha256="dd" * 32, size_bytes=1,
-                spool_path="x", received_at=utcnow(),
+                series_id=1,
+                association_id=assoc,
+                sop_instance_uid="1.2.3.4.1",
+                version=1,
+                sop_class_uid="1",
+                transfer_syntax_uid="1",
+                sha256="dd" * 32,
+                size_bytes=1,
+                spool_path="x",
+                received_at=utcnow(),
             )
         )
     assert store(second, facts(), assoc, "dd" * 32, []) == (2, False)
@@ -158,9 +171,13 @@ def test_one_job_per_series_with_its_first_state_logged(engine: Engine) -> None:
     store(audit, facts(), assoc, "aa" * 32, [])
     audit.end_association(assoc, AssociationOutcome.RELEASED, instances=1, nbytes=1)
     [series] = audit.complete_series(utcnow() + timedelta(hours=1))
-    job = audit.create_job(series.series_id, JobState.PENDING, rule_name="r", reason="why", actor="t")
+    job = audit.create_job(
+        series.series_id, JobState.PENDING, rule_name="r", reason="why", actor="t"
+    )
     assert job is not None
-    again = audit.create_job(series.series_id, JobState.PENDING, rule_name="r", reason="w", actor="t")
+    again = audit.create_job(
+        series.series_id, JobState.PENDING, rule_name="r", reason="w", actor="t"
+    )
     assert again is None
     assert audit.complete_series(utcnow() + timedelta(hours=1)) == []
     with audit.session() as s:

@@ -91,8 +91,11 @@ def test_a_series_no_rule_wants_is_recorded_as_ignored_with_the_reason(
 
 def test_routing_rules_from_the_config_decide(node_factory: NodeFactory, tmp_path: Path) -> None:
     rules = [
-        {"name": "skip-localizers", "action": "ignore",
-         "match": {"series_description_regex": "(?i)localizer"}},
+        {
+            "name": "skip-localizers",
+            "action": "ignore",
+            "match": {"series_description_regex": "(?i)localizer"},
+        },
         {"name": "all-nm", "match": {"modality": ["NM"], "calling_ae": ["GAMMA_CAM"]}},
     ]
     node = node_factory(rules=rules)

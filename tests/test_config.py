@@ -93,7 +93,7 @@ def test_command_line_overrides_win_over_environment(monkeypatch: pytest.MonkeyP
         ('[dicom]\naccepted_transfer_syntaxes = ["1.2.3"]', "not a known transfer syntax"),
         ("[completion]\nquiet_period_s = 0", "completion.quiet_period_s = 0"),
         ("[tls]\nenabled = true", "tls.certificate is required when TLS is enabled"),
-        ('[node]\nportt = 1', "node.portt: Extra inputs are not permitted"),
+        ("[node]\nportt = 1", "node.portt: Extra inputs are not permitted"),
         (
             '[[routing.rules]]\nname = "r"\n[routing.rules.match]\nseries_description_regex = "("',
             "does not compile",

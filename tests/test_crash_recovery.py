@@ -39,9 +39,21 @@ def test_sigkill_mid_send_loses_nothing_acknowledged(
     node.start()
     files = series_files(tmp_path / "send", 100)
     sender = subprocess.Popen(
-        ["storescu", "-v", "-aet", "GAMMA_CAM", "-aec", node.ae_title, "127.0.0.1",
-         str(node.port), *map(str, files)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=DCMTK_ENV,
+        [
+            "storescu",
+            "-v",
+            "-aet",
+            "GAMMA_CAM",
+            "-aec",
+            node.ae_title,
+            "127.0.0.1",
+            str(node.port),
+            *map(str, files),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=DCMTK_ENV,
     )
     incoming = node.data_dir / "incoming"
     # Kill once a good part is stored, while the sender is still going.

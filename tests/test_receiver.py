@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import NodeFactory
-from nodeharness import echoscu, storescu, wait_for
+from nodeharness import echoscu, storescu
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 from scans import dataset_bytes, series_files, variant

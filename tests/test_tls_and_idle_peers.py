@@ -23,16 +23,55 @@ def openssl(*args: str) -> None:
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A CA, a server certificate for 127.0.0.1 and a client certificate, made here."""
     d = tmp_path_factory.mktemp("pki")
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            "-subj", "/CN=Test Hospital CA", "-keyout", str(d / "ca.key"), "-out", str(d / "ca.crt"))
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=Test Hospital CA",
+        "-keyout",
+        str(d / "ca.key"),
+        "-out",
+        str(d / "ca.crt"),
+    )
     for name, cn in (("server", "127.0.0.1"), ("client", "GAMMA_CAM")):
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}",
-                "-keyout", str(d / f"{name}.key"), "-out", str(d / f"{name}.csr"))
+        openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            f"/CN={cn}",
+            "-keyout",
+            str(d / f"{name}.key"),
+            "-out",
+            str(d / f"{name}.csr"),
+        )
         ext = d / f"{name}.ext"
-        ext.write_text("subjectAltName=IP:127.0.0.1\n" if name == "server" else "basicConstraints=CA:FALSE\n")
-        openssl("x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", str(d / "ca.crt"),
-                "-CAkey", str(d / "ca.key"), "-CAcreateserial", "-days", "2",
-                "-extfile", str(ext), "-out", str(d / f"{name}.crt"))
+        ext.write_text(
+            "subjectAltName=IP:127.0.0.1\n" if name == "server" else "basicConstraints=CA:FALSE\n"
+        )
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            str(d / f"{name}.csr"),
+            "-CA",
+            str(d / "ca.crt"),
+            "-CAkey",
+            str(d / "ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            str(ext),
+            "-out",
+            str(d / f"{name}.crt"),
+        )
     return d
 
 
@@ -102,16 +141,33 @@ def test_silent_tls_clients_do_not_block_other_associations(
     connect_and_say_nothing(node, silent_peers, 4)
     files = series_files(tmp_path / "send", 1)
     result = subprocess.run(
-        ["storescu", "-to", "10", "-ta", "10", "-aet", "GAMMA_CAM", "-aec", node.ae_title,
-         *tls_args(pki), "127.0.0.1", str(node.port), str(files[0])],
-        capture_output=True, text=True, env=DCMTK_ENV, timeout=30,
+        [
+            "storescu",
+            "-to",
+            "10",
+            "-ta",
+            "10",
+            "-aet",
+            "GAMMA_CAM",
+            "-aec",
+            node.ae_title,
+            *tls_args(pki),
+            "127.0.0.1",
+            str(node.port),
+            str(files[0]),
+        ],
+        capture_output=True,
+        text=True,
+        env=DCMTK_ENV,
+        timeout=30,
     )
     assert result.returncode == 0, result.stderr
     assert len(node.audit("instances")) == 1
     # The silent clients are dropped once the idle timeout passes, and audited.
     rows = wait_for(
         lambda: [
-            r for r in node.audit("associations", "--state", "rejected")
+            r
+            for r in node.audit("associations", "--state", "rejected")
             if "TLS handshake failed" in (r["reason"] or "")
         ][3:],
         20,

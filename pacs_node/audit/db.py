@@ -66,7 +66,8 @@ def alembic_config(url: str) -> Config:
     config.set_main_option("script_location", str(_MIGRATIONS))
     # ConfigParser interpolation: a '%' in a password must be doubled.
     config.set_main_option(
-        "sqlalchemy.url", normalise_url(url).render_as_string(hide_password=False).replace("%", "%%")
+        "sqlalchemy.url",
+        normalise_url(url).render_as_string(hide_password=False).replace("%", "%%"),
     )
     return config
 

@@ -10,6 +10,8 @@ from sqlalchemy.orm import Session
 
 from pacs_node.audit.models import Association, Instance, Job, Series, StoreEvent, Study
 
+_Query = Select[*tuple[Any, ...]]
+
 AUDIT_VIEWS = ("associations", "instances", "jobs", "events")
 
 
@@ -21,8 +23,8 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat(timespec="milliseconds")
 
 
-def _associations(since: datetime | None, state: str | None) -> Select[Any]:
-    query = select(Association).order_by(Association.id)
+def _associations(since: datetime | None, state: str | None) -> _Query:
+    query: _Query = select(Association).order_by(Association.id)
     if since is not None:
         query = query.where(Association.started_at >= since)
     if state is not None:
@@ -30,8 +32,8 @@ def _associations(since: datetime | None, state: str | None) -> Select[Any]:
     return query
 
 
-def _instances(since: datetime | None, state: str | None) -> Select[Any]:
-    query = (
+def _instances(since: datetime | None, state: str | None) -> _Query:
+    query: _Query = (
         select(Instance, Series.series_instance_uid, Study.study_instance_uid)
         .join(Series, Series.id == Instance.series_id)
         .join(Study, Study.id == Series.study_id)
@@ -42,8 +44,8 @@ def _instances(since: datetime | None, state: str | None) -> Select[Any]:
     return query
 
 
-def _jobs(since: datetime | None, state: str | None) -> Select[Any]:
-    query = (
+def _jobs(since: datetime | None, state: str | None) -> _Query:
+    query: _Query = (
         select(Job, Series.series_instance_uid, Series.modality, Series.instance_count)
         .join(Series, Series.id == Job.series_id)
         .order_by(Job.id)

@@ -5,10 +5,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 from datetime import datetime
+from typing import Any, Protocol, cast
 
-from sqlalchemy import Connection, Engine, bindparam, exists, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    CursorResult,
+    Engine,
+    bindparam,
+    exists,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 
@@ -179,8 +189,9 @@ class AuditStore:
             ids = list(s.scalars(query))
             for assoc_id in ids:
                 count, nbytes = s.execute(
-                    select(func.count(Instance.id), func.coalesce(func.sum(Instance.size_bytes), 0))
-                    .where(Instance.association_id == assoc_id)
+                    select(
+                        func.count(Instance.id), func.coalesce(func.sum(Instance.size_bytes), 0)
+                    ).where(Instance.association_id == assoc_id)
                 ).one()
                 s.execute(
                     update(Association)
@@ -293,7 +304,7 @@ class AuditStore:
                     {
                         **event,
                         "kind": StoreEventKind.NEW_VERSION,
-                        "reason": f"content differs from the stored copy; kept as version {version}",
+                        "reason": f"differs from the stored copy; kept as version {version}",
                     },
                 )
             conn.execute(
@@ -329,7 +340,11 @@ class AuditStore:
         return study_id
 
     def _series_id(
-        self, conn: Connection, facts: InstanceFacts, study_id: int, association_id: int,
+        self,
+        conn: Connection,
+        facts: InstanceFacts,
+        study_id: int,
+        association_id: int,
         calling_ae: str,
     ) -> int:
         uid = facts.series_instance_uid
@@ -410,8 +425,8 @@ class AuditStore:
                 .where(Series.id == series_id)
                 .where(Series.routed_at.is_(None))
                 .values(routed_at=now)
-            ).rowcount
-            if not claimed:
+            )
+            if not cast(CursorResult[Any], claimed).rowcount:
                 return None
             if s.scalar(select(Job.id).where(Job.series_id == series_id)) is not None:
                 return None
@@ -427,7 +442,12 @@ class AuditStore:
             s.flush()
             s.add(
                 JobStateChange(
-                    job_id=job.id, at=now, from_state=None, to_state=state, actor=actor, reason=reason
+                    job_id=job.id,
+                    at=now,
+                    from_state=None,
+                    to_state=state,
+                    actor=actor,
+                    reason=reason,
                 )
             )
             return job.id

@@ -13,9 +13,11 @@ import threading
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pynetdicom import evt
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu_primitives import A_ASSOCIATE
 from sqlalchemy.exc import SQLAlchemyError
 
 from pacs_node.audit.models import AssociationOutcome
@@ -84,7 +86,7 @@ class ReceiverHandlers:
         self._lock = threading.Lock()
         self._pid = os.getpid()
 
-    def bindings(self) -> list[tuple[evt.EventType, Any]]:
+    def bindings(self) -> list[evt.EventHandlerType]:
         return [
             (evt.EVT_REQUESTED, self.on_requested),
             (evt.EVT_ACCEPTED, self.on_accepted),
@@ -100,7 +102,7 @@ class ReceiverHandlers:
 
     def on_requested(self, event: evt.Event) -> None:
         assoc = event.assoc
-        rq = assoc.requestor.primitive
+        rq = cast(A_ASSOCIATE, assoc.requestor.primitive)
         calling_ae = str(rq.calling_ae_title).strip()
         peer = PeerInfo(
             calling_ae=calling_ae[:16],
@@ -137,8 +139,8 @@ class ReceiverHandlers:
         state = self._state(event.assoc)
         if state is None or state.ended:
             return
-        primitive = event.assoc.acceptor.primitive
-        key = (int(primitive.result_source), int(primitive.diagnostic))
+        primitive = cast(A_ASSOCIATE, event.assoc.acceptor.primitive)
+        key = (primitive.result_source or 0, primitive.diagnostic or 0)
         reason = f"A-ASSOCIATE-RJ: {_DIAGNOSTICS.get(key, f'source/diagnostic {key}')}"
         self._end(event.assoc, AssociationOutcome.REJECTED, reason)
 
@@ -181,7 +183,7 @@ class ReceiverHandlers:
 
     def on_c_store(self, event: evt.Event) -> int:
         state = self._state(event.assoc)
-        request = event.request
+        request = cast(C_STORE, event.request)
         if state is None or event.dataset_path is None:
             logger.error("C-STORE outside an audited association")
             return int(StoreStatus.PROCESSING_FAILURE)

@@ -101,7 +101,7 @@ def read_facts(req: StoreRequest) -> InstanceFacts:
     """Read the header of the received file and check the UIDs the node relies on."""
     try:
         header = read_header(req.temp_path)
-    except Exception as exc:  # noqa: BLE001 - untrusted bytes: whatever pydicom raises
+    except Exception as exc:
         # (zlib.error for a corrupt deflate stream, struct.error, ...) means "does not decode".
         raise HeaderError(
             StoreStatus.CANNOT_UNDERSTAND,

@@ -15,7 +15,7 @@ import socket
 import socketserver
 import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from pynetdicom import AE, _config
 from pynetdicom.presentation import AllStoragePresentationContexts
@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 TlsFailureCallback = Callable[[str, int, str], None]
 
 
-class ReceiverServer(ThreadedAssociationServer):  # type: ignore[misc]
+class ReceiverServer(ThreadedAssociationServer):
     """pynetdicom's threaded server with SO_REUSEPORT and per-connection TLS handshakes."""
 
     tls_handshake_timeout: float = 15.0
@@ -46,11 +46,11 @@ class ReceiverServer(ThreadedAssociationServer):  # type: ignore[misc]
 
     def server_bind(self) -> None:
         if self.reuse_port:
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            cast(socket.socket, self.socket).setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
 
     def get_request(self) -> tuple[socket.socket, Any]:
-        client_socket, address = self.socket.accept()
+        client_socket, address = cast(socket.socket, self.socket).accept()
         # C-STORE responses are small writes; do not let Nagle hold them back.
         client_socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.ssl_context:
@@ -107,7 +107,7 @@ def make_ae(settings: Settings) -> AE:
     # Every storage SOP class is negotiable so a disallowed one gets a C-STORE refusal
     # (0x0122) with an audit row, not a silent presentation-context rejection.
     for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, syntaxes)
+        ae.add_supported_context(cast(str, context.abstract_syntax), syntaxes)
     for uid in settings.dicom.accepted_sop_classes:
         if uid not in {str(cx.abstract_syntax) for cx in ae.supported_contexts}:
             ae.add_supported_context(uid, syntaxes)
@@ -133,11 +133,11 @@ def make_server(
             "on_tls_failure": staticmethod(on_tls_failure) if on_tls_failure else None,
         },
     )
-    server: ReceiverServer = ae.make_server(
+    server = ae.make_server(
         (settings.node.host, settings.node.port),
         ae_title=settings.node.ae_title,
         ssl_context=make_ssl_context(settings),
         evt_handlers=handlers.bindings(),
         server_class=server_class,
     )
-    return server
+    return cast(ReceiverServer, server)
