@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 from sqlalchemy import (
     Connection,
@@ -37,65 +36,17 @@ from pacs_node.audit.models import (
     Study,
     utcnow,
 )
+from pacs_node.audit.records import (
+    CompleteSeries,
+    InstanceFacts,
+    PeerInfo,
+    Placement,
+    StoreOutcome,
+)
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class PeerInfo:
-    """Who asked for an association."""
-
-    calling_ae: str
-    called_ae: str
-    host: str
-    port: int
-    tls: bool
-
-
-@dataclass(frozen=True)
-class InstanceFacts:
-    """What the audit keeps of a received object (no patient identifiers)."""
-
-    sop_class_uid: str
-    sop_instance_uid: str
-    study_instance_uid: str
-    series_instance_uid: str
-    transfer_syntax_uid: str
-    modality: str | None
-    series_description: str | None
-    image_type: str | None
-    accession_number: str | None
-    study_date: str | None
-
-
-class Placement(Protocol):
-    """A file put in the spool: where, and a wait until it cannot be lost."""
-
-    @property
-    def relative(self) -> str: ...
-
-    def wait_durable(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class StoreOutcome:
-    """The version a received object was recorded as, and whether it was a duplicate."""
-
-    version: int
-    duplicate: bool
-
-
-@dataclass(frozen=True)
-class CompleteSeries:
-    """A series whose senders have finished and that has been quiet long enough."""
-
-    series_id: int
-    series_instance_uid: str
-    modality: str | None
-    image_type: str | None
-    calling_ae: str
-    series_description: str | None
-    sop_class_uid: str
+__all__ = ["AuditStore", "CompleteSeries", "InstanceFacts", "PeerInfo", "Placement"]
 
 
 # The C-STORE path runs these for every instance: built once, compiled once.
