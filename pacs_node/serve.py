@@ -14,8 +14,8 @@ import signal
 import socket
 import threading
 from datetime import UTC, datetime
+from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnProcess
-from multiprocessing.synchronize import Event as EventType
 from types import FrameType
 
 from pacs_node.audit.db import make_engine, upgrade
@@ -57,9 +57,9 @@ class Supervisor:
         self.settings = settings
         self.log_level = log_level
         self._ctx = multiprocessing.get_context("spawn")
-        self._stop = self._ctx.Event()
+        self._stopping = False
         self._shutdown = threading.Event()
-        self._receivers: list[tuple[SpawnProcess, EventType]] = []
+        self._receivers: list[tuple[SpawnProcess, Connection]] = []
         self.audit: AuditStore | None = None
 
     def prepare(self) -> None:
@@ -85,20 +85,25 @@ class Supervisor:
                 removed,
             )
 
-    def _start_receiver(self) -> tuple[SpawnProcess, EventType]:
-        ready = self._ctx.Event()
+    def _start_receiver(self) -> tuple[SpawnProcess, Connection]:
+        ready, child_end = self._ctx.Pipe(duplex=False)
         process = self._ctx.Process(
             target=run_receiver,
-            args=(self.settings, ready, self._stop, self.log_level, os.getpid()),
+            args=(self.settings, child_end, self.log_level, os.getpid()),
             name="pacs-node-receiver",
         )
         process.start()
+        child_end.close()
         return process, ready
 
     def start(self) -> None:
         self._receivers = [self._start_receiver() for _ in range(receiver_count(self.settings))]
         for process, ready in self._receivers:
-            if not ready.wait(_READY_TIMEOUT_S) or not process.is_alive():
+            try:
+                started = ready.poll(_READY_TIMEOUT_S) and ready.recv() == process.pid
+            except EOFError:  # the receiver died before it was ready
+                started = False
+            if not started:
                 self.stop()
                 raise StartupError("a receiver process failed to start; see the log above")
         node = self.settings.node
@@ -112,7 +117,7 @@ class Supervisor:
     def _replace_dead_receivers(self) -> None:
         assert self.audit is not None
         for i, (process, _ready) in enumerate(self._receivers):
-            if process.is_alive() or self._stop.is_set():
+            if process.is_alive() or self._stopping:
                 continue
             logger.error("receiver %s exited with %s; restarting it", process.pid, process.exitcode)
             if process.pid is not None:
@@ -146,7 +151,10 @@ class Supervisor:
         self.stop()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping = True
+        for process, _ready in self._receivers:
+            if process.is_alive():
+                process.terminate()  # SIGTERM: stop accepting, finish open associations
         for process, _ready in self._receivers:
             process.join(timeout=self.settings.timeouts.dimse + 5)
             if process.is_alive():

@@ -111,6 +111,7 @@ class Node:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+            raise AssertionError(f"node ignored SIGTERM:\n{self.log_text()[-2000:]}") from None
         self._starts_seen = self.log_text().count("pacs-node listening on")
 
     def kill(self) -> None:

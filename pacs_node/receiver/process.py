@@ -8,7 +8,7 @@ import os
 import signal
 import tempfile
 import threading
-from multiprocessing.synchronize import Event as EventType
+from multiprocessing.connection import Connection
 
 from pacs_node.audit.db import make_engine
 from pacs_node.audit.models import AssociationOutcome
@@ -34,12 +34,15 @@ def _die_with_parent() -> None:
         logger.warning("prctl unavailable: a receiver may outlive a killed supervisor")
 
 
-def run_receiver(
-    settings: Settings, ready: EventType, stop: EventType, log_level: str, parent_pid: int
-) -> None:
-    """Serve associations until ``stop`` is set (the supervisor's SIGTERM handling)."""
+def run_receiver(settings: Settings, ready: Connection, log_level: str, parent_pid: int) -> None:
+    """Serve associations until SIGTERM; report readiness on ``ready``.
+
+    Stopping is by signal, not a shared multiprocessing.Event: a receiver killed while
+    holding such an event's lock would deadlock every other process that touches it.
+    """
     _die_with_parent()
     configure_logging(log_level)
+    stop = threading.Event()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor handles Ctrl-C
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     if os.getppid() != parent_pid:
@@ -72,7 +75,8 @@ def run_receiver(
     thread = threading.Thread(target=server.serve_forever, name="receiver-accept", daemon=True)
     thread.start()
     logger.info("receiver %d listening", os.getpid())
-    ready.set()
+    ready.send(os.getpid())
+    ready.close()
     while not stop.wait(1.0):
         if os.getppid() != parent_pid:
             logger.error("supervisor is gone; receiver %d stops", os.getpid())
