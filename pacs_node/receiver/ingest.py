@@ -204,12 +204,16 @@ class Ingest:
             sealed.sha256,
         )
 
+        # New bytes go into the spool at once, so the fsyncs overlap the audit transaction.
+        placed = self.spool.place_new(sealed, relative, sealing.synced)
+
         def place(_version: int) -> Placement:
-            # The digest in the name keeps versions apart; the file may already be in place
-            # from an earlier attempt of this loop.
-            if sealed.path.exists():
-                return self.spool.place(sealed, relative, sealing.synced)
-            return Placement(relative, (sealing.synced,))
+            nonlocal placed
+            if placed is None:
+                # A file with this digest is there but the DB has no row for it: a crash
+                # came between its placement and its commit. Replace it with these bytes.
+                placed = self.spool.replace(sealed, relative, sealing.synced)
+            return placed
 
         for _attempt in range(_MAX_INSERT_ATTEMPTS):
             try:

@@ -135,21 +135,37 @@ class Spool:
                 raise ValueError(f"UID {uid!r} is not a valid UID")
         return f"{study_uid}/{series_uid}/{sop_uid}.{sha256[:16]}.dcm"
 
-    def place(self, sealed: SealedFile, relative: str, synced: Future[None]) -> Placement:
-        """Rename ``sealed`` into the spool at ``relative``; fsync the directory meanwhile.
-
-        ``synced`` is the fsync of the file's bytes. A file already at ``relative`` (same
-        digest: a crash before its row committed, or a concurrent identical send) may be
-        recorded, so it is only replaced once the new bytes are on disk.
-        """
-        target = self.root / relative
-        series_dir = target.parent
+    def _series_dir(self, relative: str) -> Path:
+        series_dir = (self.root / relative).parent
         if not series_dir.is_dir():
             series_dir.mkdir(parents=True, exist_ok=True)
             # New directories must be durable in their parents too.
             _fsync_dir(series_dir.parent)
             _fsync_dir(series_dir.parent.parent)
-        if target.exists():
-            synced.result()
-        os.replace(sealed.path, target)
+        return series_dir
+
+    def place_new(
+        self, sealed: SealedFile, relative: str, synced: Future[None]
+    ) -> Placement | None:
+        """Link ``sealed`` into the spool at ``relative`` unless something is already there.
+
+        A hard link never replaces anything, so this may run before the audit DB says
+        whether the bytes are new; the directory is fsynced meanwhile. ``synced`` is the
+        fsync of the file's bytes. Returns None when ``relative`` exists.
+        """
+        series_dir = self._series_dir(relative)
+        try:
+            os.link(sealed.path, self.root / relative)
+        except FileExistsError:
+            return None
         return Placement(relative, (synced, self._io.submit(_fsync_dir, series_dir)))
+
+    def replace(self, sealed: SealedFile, relative: str, synced: Future[None]) -> Placement:
+        """Put ``sealed`` at ``relative`` over an unrecorded file (left by a crash).
+
+        The new bytes are on disk before they replace anything.
+        """
+        series_dir = self._series_dir(relative)
+        synced.result()
+        os.replace(sealed.path, self.root / relative)
+        return Placement(relative, (self._io.submit(_fsync_dir, series_dir),))
