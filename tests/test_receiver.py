@@ -112,6 +112,13 @@ def test_refusals_give_the_right_status_an_audit_row_and_the_node_keeps_serving(
     assert storescu(node, good).returncode == 0
     assert len(node.audit("instances")) == 1
 
+    # Log lines name the association's audit row and never the patient.
+    refusals = [line for line in node.log_text().splitlines() if "refused C-STORE" in line]
+    assert len(refusals) == 2
+    assert all(f"assoc={e['association_id']}" in line for e, line in zip(events, refusals))
+    name = str(dcmread(good).PatientName)
+    assert name and name not in node.log_text()
+
 
 def test_disk_below_the_floor_is_refused_with_out_of_resources(
     node_factory: NodeFactory, tmp_path: Path

@@ -23,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from pacs_node.audit.models import AssociationOutcome
 from pacs_node.audit.store import AuditStore, PeerInfo
 from pacs_node.config import SecuritySettings
+from pacs_node.logs import current_association
 from pacs_node.receiver.ingest import Ingest, StoreRequest
 from pacs_node.receiver.status import StoreStatus
 
@@ -118,6 +119,8 @@ class ReceiverHandlers:
             logger.exception("cannot audit an association request; rejecting it")
             assoc.acse.send_reject(0x02, 0x03, 0x01)
             return
+        # Handlers of this association run on this thread: its log lines carry the audit id.
+        current_association.set(audit_id)
         state = _AssociationState(audit_id=audit_id, calling_ae=calling_ae)
         with self._lock:
             self._states[assoc] = state
