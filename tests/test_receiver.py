@@ -115,7 +115,9 @@ def test_refusals_give_the_right_status_an_audit_row_and_the_node_keeps_serving(
     # Log lines name the association's audit row and never the patient.
     refusals = [line for line in node.log_text().splitlines() if "refused C-STORE" in line]
     assert len(refusals) == 2
-    assert all(f"assoc={e['association_id']}" in line for e, line in zip(events, refusals))
+    assert all(
+        f"assoc={e['association_id']}" in line for e, line in zip(events, refusals, strict=True)
+    )
     name = str(dcmread(good).PatientName)
     assert name and name not in node.log_text()
 
