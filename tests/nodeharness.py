@@ -137,27 +137,29 @@ class Node:
         return rows
 
 
-def storescu(
+def storescu_command(
     node: Node, *files: Path, calling_ae: str = "GAMMA_CAM", extra: tuple[str, ...] = ()
+) -> list[str]:
+    return [
+        "storescu", "-v", "-aet", calling_ae, "-aec", node.ae_title, *extra,
+        "127.0.0.1", str(node.port), *map(str, files),
+    ]  # fmt: skip
+
+
+def storescu(
+    node: Node,
+    *files: Path,
+    calling_ae: str = "GAMMA_CAM",
+    extra: tuple[str, ...] = (),
+    timeout: float = 300,
 ) -> subprocess.CompletedProcess[str]:
     """dcmtk storescu as the gamma camera; returns its result (stderr has -v output)."""
     return subprocess.run(
-        [
-            "storescu",
-            "-v",
-            "-aet",
-            calling_ae,
-            "-aec",
-            node.ae_title,
-            *extra,
-            "127.0.0.1",
-            str(node.port),
-            *map(str, files),
-        ],
+        storescu_command(node, *files, calling_ae=calling_ae, extra=extra),
         capture_output=True,
         text=True,
         env=DCMTK_ENV,
-        timeout=300,
+        timeout=timeout,
     )
 
 

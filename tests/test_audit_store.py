@@ -23,7 +23,7 @@ from pacs_node.audit.models import (
     utcnow,
 )
 from pacs_node.audit.queries import list_rows
-from pacs_node.audit.store import AuditStore, InstanceFacts, PeerInfo
+from pacs_node.audit.store import AuditStore, CompleteSeries, InstanceFacts, PeerInfo
 from pacs_node.receiver.spool import Placement
 
 PEER = PeerInfo(
@@ -165,12 +165,17 @@ def test_an_open_second_sender_holds_completion(engine: Engine) -> None:
     assert len(audit.complete_series(later)) == 1
 
 
-def test_one_job_per_series_with_its_first_state_logged(engine: Engine) -> None:
-    audit = AuditStore(engine)
+def one_complete_series(audit: AuditStore) -> CompleteSeries:
     assoc = audit.open_association(PEER, receiver_pid=1)
     store(audit, facts(), assoc, "aa" * 32, [])
     audit.end_association(assoc, AssociationOutcome.RELEASED, instances=1, nbytes=1)
     [series] = audit.complete_series(utcnow() + timedelta(hours=1))
+    return series
+
+
+def test_one_job_per_series_with_its_first_state_logged(engine: Engine) -> None:
+    audit = AuditStore(engine)
+    series = one_complete_series(audit)
     job = audit.create_job(
         series.series_id, JobState.PENDING, rule_name="r", reason="why", actor="t"
     )
@@ -191,10 +196,7 @@ def test_one_job_per_series_with_its_first_state_logged(engine: Engine) -> None:
 
 def test_job_state_log_is_append_only(engine: Engine) -> None:
     audit = AuditStore(engine)
-    assoc = audit.open_association(PEER, receiver_pid=1)
-    store(audit, facts(), assoc, "aa" * 32, [])
-    audit.end_association(assoc, AssociationOutcome.RELEASED, instances=1, nbytes=1)
-    [series] = audit.complete_series(utcnow() + timedelta(hours=1))
+    series = one_complete_series(audit)
     audit.create_job(series.series_id, JobState.IGNORED, rule_name=None, reason="r", actor="t")
     for statement in ("UPDATE job_state_change SET actor = 'x'", "DELETE FROM job_state_change"):
         with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import NodeFactory
-from nodeharness import DCMTK_ENV, storescu, wait_for
+from nodeharness import DCMTK_ENV, storescu, storescu_command, wait_for
 from pydicom import dcmread
 from scans import dataset_bytes, series_files
 
@@ -39,17 +39,7 @@ def test_sigkill_mid_send_loses_nothing_acknowledged(
     node.start()
     files = series_files(tmp_path / "send", 100)
     sender = subprocess.Popen(
-        [
-            "storescu",
-            "-v",
-            "-aet",
-            "GAMMA_CAM",
-            "-aec",
-            node.ae_title,
-            "127.0.0.1",
-            str(node.port),
-            *map(str, files),
-        ],
+        storescu_command(node, *files),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

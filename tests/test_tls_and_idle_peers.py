@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import NodeFactory
-from nodeharness import DCMTK_ENV, Node, echoscu, storescu, wait_for
+from nodeharness import Node, echoscu, storescu, wait_for
 from scans import series_files
 
 pytestmark = pytest.mark.slow
@@ -140,27 +140,9 @@ def test_silent_tls_clients_do_not_block_other_associations(
     # More silent clients than receiver processes: each would stall a pynetdicom 3.0 server.
     connect_and_say_nothing(node, silent_peers, 4)
     files = series_files(tmp_path / "send", 1)
-    result = subprocess.run(
-        [
-            "storescu",
-            "-to",
-            "10",
-            "-ta",
-            "10",
-            "-aet",
-            "GAMMA_CAM",
-            "-aec",
-            node.ae_title,
-            *tls_args(pki),
-            "127.0.0.1",
-            str(node.port),
-            str(files[0]),
-        ],
-        capture_output=True,
-        text=True,
-        env=DCMTK_ENV,
-        timeout=30,
-    )
+    timeouts = ("-to", "10", "-ta", "10")
+    # Blocked behind the silent clients, this would hang past the 30 s limit.
+    result = storescu(node, files[0], extra=(*timeouts, *tls_args(pki)), timeout=30)
     assert result.returncode == 0, result.stderr
     assert len(node.audit("instances")) == 1
     # The silent clients are dropped once the idle timeout passes, and audited.
