@@ -61,6 +61,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         problems.append(f"storage.data_dir = {str(data_dir)!r}: no existing parent directory")
     elif not (existing / ".").stat().st_mode & 0o200:
         problems.append(f"storage.data_dir = {str(data_dir)!r}: {existing} is not writable")
+    if settings.tls.enabled:
+        import ssl
+
+        from pacs_node.receiver.server import make_ssl_context
+
+        try:
+            make_ssl_context(settings)
+        except (ssl.SSLError, OSError) as exc:
+            problems.append(f"tls: the certificate, key or CA file cannot be used: {exc}")
     if problems:
         raise ConfigError(str(args.config or "(defaults)"), problems)
     print(f"{args.config or '(defaults)'}: configuration is valid")

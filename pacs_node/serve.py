@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import ssl
 import threading
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
@@ -22,6 +23,7 @@ from pacs_node.audit.db import make_engine, upgrade
 from pacs_node.audit.store import AuditStore
 from pacs_node.config import Settings
 from pacs_node.receiver.process import run_receiver
+from pacs_node.receiver.server import make_ssl_context
 from pacs_node.receiver.spool import Spool
 from pacs_node.routing.completion import complete_and_route
 
@@ -70,6 +72,10 @@ class Supervisor:
         except OSError as exc:
             raise StartupError(f"data directory {storage.data_dir}: {exc}") from None
         _check_port_free(self.settings.node.host, self.settings.node.port)
+        try:
+            make_ssl_context(self.settings)
+        except (ssl.SSLError, OSError) as exc:
+            raise StartupError(f"TLS certificate or key: {exc}") from None
         try:
             upgrade(self.settings.database_url)
         except Exception as exc:  # Alembic/driver errors vary; report them, do not trace.

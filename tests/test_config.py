@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from nodeharness import free_port
 
 from pacs_node.config import ConfigError, load_settings
 from pacs_node.routing.rules import RuleAction
@@ -156,3 +157,22 @@ def test_check_config_cli_accepts_a_valid_file(tmp_path: Path) -> None:
     result = run_cli("check-config", "--config", str(path))
     assert result.returncode == 0, result.stderr
     assert "configuration is valid" in result.stdout
+
+
+def test_check_config_loads_tls_files(tmp_path: Path) -> None:
+    cert, key = tmp_path / "node.crt", tmp_path / "node.key"
+    cert.write_text("-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n")
+    key.write_text("not a key\n")
+    path = write(
+        tmp_path,
+        f'[tls]\nenabled = true\ncertificate = "{cert}"\nprivate_key = "{key}"\n'
+        f'[storage]\ndata_dir = "{tmp_path}/data"\n',
+    )
+    result = run_cli("check-config", "--config", str(path))
+    assert result.returncode == 2
+    assert "tls: the certificate, key or CA file cannot be used" in result.stderr
+    assert "Traceback" not in result.stderr
+    served = run_cli("serve", "--config", str(path), "--port", str(free_port()))
+    assert served.returncode == 2
+    assert "cannot start: TLS certificate or key" in served.stderr
+    assert "Traceback" not in served.stderr

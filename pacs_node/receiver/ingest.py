@@ -102,7 +102,8 @@ def read_facts(req: StoreRequest) -> InstanceFacts:
     try:
         header = read_header(req.temp_path)
     except Exception as exc:
-        # (zlib.error for a corrupt deflate stream, struct.error, ...) means "does not decode".
+        # Untrusted bytes: anything pydicom raises (zlib.error for a corrupt deflate stream,
+        # struct.error, ValueError, ...) means the data set does not decode.
         raise HeaderError(
             StoreStatus.CANNOT_UNDERSTAND,
             f"data set does not decode: {type(exc).__name__}: {str(exc)[:120]}",
