@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, func, select, text
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
-from pacs_node.audit.db import current_revision
+from pacs_node.audit.db import current_revision, make_engine, upgrade
 from pacs_node.audit.models import (
     Association,
     AssociationOutcome,
@@ -231,3 +232,26 @@ def test_query_filters(engine: Engine, tmp_path: Path) -> None:
     assert inst["sop_instance_uid"] == "1.2.3.4.1"
     assert inst["series_instance_uid"] == "1.2.3.4"
     assert inst["association_id"] == b
+
+
+def test_sqlite_readers_do_not_wait_for_a_writer(tmp_path: Path) -> None:
+    """The C-STORE path reads versions while another receiver holds the write lock."""
+    url = f"sqlite:///{tmp_path / 'audit.sqlite3'}"
+    upgrade(url)
+    engine = make_engine(url)
+    try:
+        audit = AuditStore(engine)
+        assoc = audit.open_association(PEER, receiver_pid=1)
+        with engine.begin() as writer:  # BEGIN IMMEDIATE: holds the write lock
+            writer.execute(text("UPDATE association SET reason = 'busy'"))
+            started = time.monotonic()
+            placed: list[int] = []
+            other = AuditStore(make_engine(url, busy_timeout_ms=200))
+            with pytest.raises(OperationalError, match="locked"):
+                # The read goes through at once; only the insert meets the lock.
+                store(other, facts(), assoc, "aa" * 32, placed)
+            other.engine.dispose()
+            assert placed == [1], "versions were read while the writer held the lock"
+            assert time.monotonic() - started < 5
+    finally:
+        engine.dispose()

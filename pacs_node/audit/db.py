@@ -25,7 +25,7 @@ def normalise_url(url: str) -> URL:
     return parsed
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
     # WAL lets the CLI read while receivers write; synchronous=FULL makes every commit
     # durable before the C-STORE response. BEGIN IMMEDIATE takes the write lock up front
     # so concurrent receiver processes queue on busy_timeout instead of failing with
@@ -37,22 +37,26 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = conn.get_execution_options().get("read_only", False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
-def make_engine(url: str) -> Engine:
-    """Create an engine for ``url`` with the settings the node relies on."""
+def make_engine(url: str, *, busy_timeout_ms: int = 60_000) -> Engine:
+    """Create an engine for ``url`` with the settings the node relies on.
+
+    ``busy_timeout_ms``: how long SQLite waits for another process's write lock.
+    """
     parsed = normalise_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(parsed, connect_args={"timeout": 60})
-        _configure_sqlite(engine)
+        engine = create_engine(parsed, connect_args={"timeout": busy_timeout_ms / 1000})
+        _configure_sqlite(engine, busy_timeout_ms)
         return engine
     return create_engine(parsed, pool_pre_ping=True)
 

@@ -76,6 +76,8 @@ class AuditStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        # Reads that need no write lock (SQLite: a deferred BEGIN, see db.py).
+        self._reader = engine.execution_options(read_only=True)
         self._sessions = session_factory(engine)
         # Series and study ids never change once created, so each process caches them.
         self._study_ids: dict[str, int] = {}
@@ -198,8 +200,8 @@ class AuditStore:
     ) -> StoreOutcome:
         """Record a received object in one transaction, or its identical twin as a duplicate.
 
-        ``place(version)`` puts the file in the spool; the transaction commits only after
-        its placement is durable, so a committed row always has its file on disk. Raises
+        ``place(version)`` puts the file in the spool; the row commits only after the
+        placement is durable, so a committed row always has its file on disk. Raises
         ``sqlalchemy.exc.IntegrityError`` when another receiver stored the same SOP Instance
         UID and version first: the caller retries and will see that version.
         """
@@ -212,10 +214,11 @@ class AuditStore:
             "at": now,
             "status": 0x0000,
         }
-        with self.engine.begin() as conn:
+        with self._reader.connect() as conn:
             versions = conn.execute(_SELECT_VERSIONS, {"uid": facts.sop_instance_uid}).all()
-            same = next((v for v, h in versions if h == sha256), None)
-            if same is not None:
+        same = next((v for v, h in versions if h == sha256), None)
+        if same is not None:
+            with self.engine.begin() as conn:
                 conn.execute(
                     _INSERT_EVENT,
                     {
@@ -229,9 +232,15 @@ class AuditStore:
                     _TOUCH_SERIES_BY_UID,
                     {"uid": facts.series_instance_uid, "now": now, "assoc": association_id},
                 )
-                return StoreOutcome(version=same, duplicate=True)
-            version = max((v for v, _h in versions), default=0) + 1
-            placement = place(version)
+            return StoreOutcome(version=same, duplicate=True)
+        version = max((v for v, _h in versions), default=0) + 1
+        placement = place(version)
+        # The row commits only once the file is durable. Waiting here, outside the write
+        # transaction, keeps concurrent stores from queueing behind each other's fsyncs;
+        # the unique (SOP Instance UID, version) key catches a store that raced this one.
+        placement.wait_durable()
+        now = utcnow()
+        with self.engine.begin() as conn:
             study_id = self._study_id(conn, facts)
             series_id = self._series_id(conn, facts, study_id, association_id, calling_ae)
             conn.execute(
@@ -254,6 +263,7 @@ class AuditStore:
                     _INSERT_EVENT,
                     {
                         **event,
+                        "at": now,
                         "kind": StoreEventKind.NEW_VERSION,
                         "reason": f"differs from the stored copy; kept as version {version}",
                     },
@@ -261,7 +271,6 @@ class AuditStore:
             conn.execute(
                 _COUNT_INTO_SERIES, {"series_pk": series_id, "now": now, "assoc": association_id}
             )
-            placement.wait_durable()
         # Cached only once committed: a rolled-back insert must not leave a dangling id.
         self._study_ids[facts.study_instance_uid] = study_id
         self._series_ids[facts.series_instance_uid] = series_id
