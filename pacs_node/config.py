@@ -87,7 +87,7 @@ class NodeSettings(_Section):
     host: str = "0.0.0.0"
     port: int = Field(11112, ge=1, le=65535)
     max_associations: int = Field(16, ge=1, le=1024)
-    #: Receiver processes sharing the port through SO_REUSEPORT; 0 means one per CPU core.
+    #: Receiver processes accepting on the one listening socket; 0 means one per CPU core.
     receiver_processes: int = Field(0, ge=0, le=64)
 
     @field_validator("host")

@@ -1,7 +1,8 @@
 """``pacs-node serve``: the supervisor.
 
 It migrates the audit DB, recovers from an earlier crash, starts the receiver processes
-(sharing the port with SO_REUSEPORT), restarts any that die, and runs series completion.
+(all serving one listening socket it opens), restarts any that die, and runs series
+completion.
 """
 
 from __future__ import annotations
@@ -40,16 +41,18 @@ def receiver_count(settings: Settings) -> int:
     return settings.node.receiver_processes or os.cpu_count() or 1
 
 
-def _check_port_free(host: str, port: int) -> None:
+def open_listening_socket(host: str, port: int) -> socket.socket:
+    """Bind and listen once, here, so every receiver process accepts on the same socket."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise StartupError(f"port {port} on {host} is already in use") from None
-            raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    try:
+        listening = socket.create_server((host, port), family=family, backlog=128)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise StartupError(f"port {port} on {host} is already in use") from None
+        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    # Non-blocking: a receiver that loses the race for a connection must not sit in accept().
+    listening.setblocking(False)
+    return listening
 
 
 class Supervisor:
@@ -62,6 +65,7 @@ class Supervisor:
         self._stopping = False
         self._shutdown = threading.Event()
         self._receivers: list[tuple[SpawnProcess, Connection]] = []
+        self._listening: socket.socket | None = None
         self.audit: AuditStore | None = None
 
     def prepare(self) -> None:
@@ -71,11 +75,11 @@ class Supervisor:
             spool.prepare()
         except OSError as exc:
             raise StartupError(f"data directory {storage.data_dir}: {exc}") from None
-        _check_port_free(self.settings.node.host, self.settings.node.port)
         try:
             make_ssl_context(self.settings)
         except (ssl.SSLError, OSError) as exc:
             raise StartupError(f"TLS certificate or key: {exc}") from None
+        self._listening = open_listening_socket(self.settings.node.host, self.settings.node.port)
         try:
             upgrade(self.settings.database_url)
         except Exception as exc:  # Alembic/driver errors vary; report them, do not trace.
@@ -95,7 +99,7 @@ class Supervisor:
         ready, child_end = self._ctx.Pipe(duplex=False)
         process = self._ctx.Process(
             target=run_receiver,
-            args=(self.settings, child_end, self.log_level, os.getpid()),
+            args=(self.settings, self._listening, child_end, self.log_level, os.getpid()),
             name="pacs-node-receiver",
         )
         process.start()
@@ -166,6 +170,8 @@ class Supervisor:
             if process.is_alive():
                 process.kill()
                 process.join()
+        if self._listening is not None:
+            self._listening.close()
         if self.audit is not None:
             self.audit.engine.dispose()
 

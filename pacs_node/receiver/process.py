@@ -6,6 +6,7 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import tempfile
 import threading
 from multiprocessing.connection import Connection
@@ -34,8 +35,16 @@ def _die_with_parent() -> None:
         logger.warning("prctl unavailable: a receiver may outlive a killed supervisor")
 
 
-def run_receiver(settings: Settings, ready: Connection, log_level: str, parent_pid: int) -> None:
-    """Serve associations until SIGTERM; report readiness on ``ready``.
+def run_receiver(
+    settings: Settings,
+    listening_socket: socket.socket,
+    ready: Connection,
+    log_level: str,
+    parent_pid: int,
+) -> None:
+    """Serve associations on the shared ``listening_socket`` until SIGTERM.
+
+    Readiness is reported on ``ready``.
 
     Stopping is by signal, not a shared multiprocessing.Event: a receiver killed while
     holding such an event's lock would deadlock every other process that touches it.
@@ -71,7 +80,12 @@ def run_receiver(settings: Settings, ready: Connection, log_level: str, parent_p
             assoc_id, AssociationOutcome.REJECTED, instances=0, nbytes=0, reason=reason
         )
 
-    server = make_server(settings, handlers, reuse_port=True, on_tls_failure=audit_tls_failure)
+    server = make_server(
+        settings,
+        handlers,
+        listening_socket=listening_socket,
+        on_tls_failure=audit_tls_failure,
+    )
     thread = threading.Thread(target=server.serve_forever, name="receiver-accept", daemon=True)
     thread.start()
     logger.info("receiver %d listening", os.getpid())

@@ -2,8 +2,10 @@
 
 Two changes to pynetdicom 3.0's threaded server:
 
-* ``SO_REUSEPORT``, so several receiver processes share one port and the kernel spreads
-  connections over them (each process has its own GIL);
+* it serves a listening socket the supervisor opened and shares with every receiver
+  process (each has its own GIL). All of them wait on it and whichever is free first
+  accepts, so connections go to idle processes; SO_REUSEPORT would instead hash each
+  connection to a fixed process, busy or not;
 * the TLS handshake runs on the connection's own thread with a timeout. pynetdicom does it
   on the accepting thread with none, so one silent client stops every new TLS association.
 """
@@ -32,11 +34,24 @@ TlsFailureCallback = Callable[[str, int, str], None]
 
 
 class ReceiverServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server with SO_REUSEPORT and per-connection TLS handshakes."""
+    """pynetdicom's threaded server on a shared listening socket, TLS handshakes per thread."""
 
     tls_handshake_timeout: float = 15.0
-    reuse_port: bool = False
+    listening_socket: socket.socket | None = None
     on_tls_failure: TlsFailureCallback | None = None
+
+    def server_bind(self) -> None:
+        if self.listening_socket is None:
+            super().server_bind()
+            return
+        # Serve the supervisor's socket instead of binding a new one.
+        cast(socket.socket, self.socket).close()
+        self.socket = self.listening_socket
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        if self.listening_socket is None:
+            super().server_activate()
 
     def shutdown(self) -> None:
         # pynetdicom's shutdown also removes the server from ae._servers, where only
@@ -44,13 +59,16 @@ class ReceiverServer(ThreadedAssociationServer):
         socketserver.BaseServer.shutdown(self)
         self.server_close()
 
-    def server_bind(self) -> None:
-        if self.reuse_port:
-            cast(socket.socket, self.socket).setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
+    def server_close(self) -> None:
+        # Close our descriptor only: shutdown() on a shared listening socket would stop
+        # every other receiver from accepting.
+        cast(socket.socket, self.socket).close()
 
     def get_request(self) -> tuple[socket.socket, Any]:
+        # The shared socket is non-blocking: when another receiver took the connection
+        # first, accept() raises BlockingIOError and socketserver goes back to waiting.
         client_socket, address = cast(socket.socket, self.socket).accept()
+        client_socket.setblocking(True)
         # C-STORE responses are small writes; do not let Nagle hold them back.
         client_socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.ssl_context:
@@ -119,17 +137,18 @@ def make_server(
     settings: Settings,
     handlers: ReceiverHandlers,
     *,
-    reuse_port: bool,
+    listening_socket: socket.socket | None = None,
     on_tls_failure: TlsFailureCallback | None = None,
 ) -> ReceiverServer:
-    """Build (not start) the server bound to the configured host and port."""
+    """Build (not start) the server: on ``listening_socket``, or bound to the configured
+    host and port when there is none."""
     ae = make_ae(settings)
     server_class = type(
         "ConfiguredReceiverServer",
         (ReceiverServer,),
         {
             "tls_handshake_timeout": settings.timeouts.connection_idle,
-            "reuse_port": reuse_port,
+            "listening_socket": listening_socket,
             "on_tls_failure": staticmethod(on_tls_failure) if on_tls_failure else None,
         },
     )
