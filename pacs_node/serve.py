@@ -15,6 +15,7 @@ import signal
 import socket
 import ssl
 import threading
+import time
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnProcess
@@ -31,10 +32,17 @@ from pacs_node.routing.completion import complete_and_route
 logger = logging.getLogger(__name__)
 
 _READY_TIMEOUT_S = 60.0
+_MAX_BACKOFF_S = 60.0
+_STABLE_S = 60.0
 
 
 class StartupError(Exception):
     """The node cannot start; the message says why."""
+
+
+def restart_backoff_s(restarts_in_a_row: int) -> float:
+    """How long a receiver that keeps dying waits before its next restart: 1, 2, 4 ... 60 s."""
+    return min(_MAX_BACKOFF_S, 2.0**restarts_in_a_row)
 
 
 def receiver_count(settings: Settings) -> int:
@@ -66,6 +74,8 @@ class Supervisor:
         self._shutdown = threading.Event()
         self._receivers: list[tuple[SpawnProcess, Connection]] = []
         self._listening: socket.socket | None = None
+        # Per receiver slot: restarts in a row, and when the next one may happen.
+        self._restarts: dict[int, tuple[int, float]] = {}
         self.audit: AuditStore | None = None
 
     def prepare(self) -> None:
@@ -126,13 +136,20 @@ class Supervisor:
 
     def _replace_dead_receivers(self) -> None:
         assert self.audit is not None
+        now = time.monotonic()
         for i, (process, _ready) in enumerate(self._receivers):
-            if process.is_alive() or self._stopping:
+            count, not_before = self._restarts.get(i, (0, 0.0))
+            if process.is_alive():
+                if count and now > not_before + _STABLE_S:
+                    del self._restarts[i]  # it has run long enough: forget its crashes
+                continue
+            if self._stopping or now < not_before:
                 continue
             logger.error("receiver %s exited with %s; restarting it", process.pid, process.exitcode)
             if process.pid is not None:
                 self.audit.interrupt_open_associations([process.pid])
             self._receivers[i] = self._start_receiver()
+            self._restarts[i] = (count + 1, now + restart_backoff_s(count))
 
     def run(self) -> None:
         """Run until SIGTERM or SIGINT."""

@@ -14,6 +14,8 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from scans import series_files
 
+from pacs_node.serve import restart_backoff_s
+
 pytestmark = pytest.mark.slow
 
 
@@ -77,3 +79,8 @@ def test_node_on_postgresql_with_two_receivers(
     jobs = wait_for(lambda: len(rows := node.audit("jobs")) == 2 and rows, 15)
     assert {j["state"] for j in jobs} == {"pending"}
     assert not (node.data_dir / "audit.sqlite3").exists()
+
+
+def test_a_receiver_that_keeps_dying_is_restarted_less_and_less_often() -> None:
+    delays = [restart_backoff_s(n) for n in range(8)]
+    assert delays == [1, 2, 4, 8, 16, 32, 60, 60]
