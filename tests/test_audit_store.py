@@ -7,6 +7,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
@@ -14,6 +16,7 @@ from pacs_node.audit.db import current_revision, make_engine, upgrade
 from pacs_node.audit.models import (
     Association,
     AssociationOutcome,
+    Base,
     Instance,
     Job,
     JobState,
@@ -219,6 +222,18 @@ def test_interrupted_associations_are_closed_with_counts(engine: Engine) -> None
     assert audit.interrupt_open_associations() == 1
 
 
+def test_other_nodes_associations_are_left_alone(engine: Engine) -> None:
+    """Two nodes share one audit DB: a restart of one does not close the other's work."""
+    here, there = AuditStore(engine, node_host="node-a"), AuditStore(engine, node_host="node-b")
+    theirs = there.open_association(PEER, receiver_pid=1)
+    ours = here.open_association(PEER, receiver_pid=1)
+    assert here.interrupt_open_associations() == 1
+    assert here.interrupt_open_associations([1]) == 0
+    with here.session() as s:
+        assert s.get(Association, ours).outcome == "interrupted"  # type: ignore[union-attr]
+        assert s.get(Association, theirs).outcome == "in_progress"  # type: ignore[union-attr]
+
+
 def test_query_filters(engine: Engine, tmp_path: Path) -> None:
     audit = AuditStore(engine)
     a = audit.open_association(PEER, receiver_pid=1)
@@ -255,3 +270,10 @@ def test_sqlite_readers_do_not_wait_for_a_writer(tmp_path: Path) -> None:
             assert time.monotonic() - started < 5
     finally:
         engine.dispose()
+
+
+def test_migrations_match_the_models(engine: Engine) -> None:
+    """Alembic sees nothing to generate: the migration and the typed models agree."""
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []

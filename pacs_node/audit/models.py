@@ -90,6 +90,8 @@ class Association(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     instances_received: Mapped[int] = mapped_column(Integer, default=0)
     bytes_received: Mapped[int] = mapped_column(BigInteger, default=0)
+    #: Host name of the node that served it: nodes may share one audit database.
+    node_host: Mapped[str] = mapped_column(String(255))
     receiver_pid: Mapped[int] = mapped_column(Integer)
 
     __table_args__ = (Index("ix_association_outcome", "outcome"),)

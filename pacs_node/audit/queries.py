@@ -76,6 +76,7 @@ def list_rows(
                 "instances": a.instances_received,
                 "bytes": a.bytes_received,
                 "reason": a.reason,
+                "node_host": a.node_host,
                 "receiver_pid": a.receiver_pid,
             }
             for a in session.scalars(_associations(since, state))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, cast
@@ -74,8 +75,9 @@ _COUNT_INTO_SERIES = (
 class AuditStore:
     """Writes and reads audit rows through short transactions on ``engine``."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, node_host: str | None = None) -> None:
         self.engine = engine
+        self.node_host = node_host or socket.gethostname()
         # Reads that need no write lock (SQLite: a deferred BEGIN, see db.py).
         self._reader = engine.execution_options(read_only=True)
         self._sessions = session_factory(engine)
@@ -97,6 +99,7 @@ class AuditStore:
                 peer_port=peer.port,
                 tls=peer.tls,
                 outcome=AssociationOutcome.IN_PROGRESS,
+                node_host=self.node_host,
                 receiver_pid=receiver_pid,
                 started_at=utcnow(),
             )
@@ -128,14 +131,16 @@ class AuditStore:
             )
 
     def interrupt_open_associations(self, receiver_pids: Sequence[int] | None = None) -> int:
-        """Close associations left open by stopped receivers; count from stored instances.
+        """Close associations this node's stopped receivers left open; count their instances.
 
-        ``receiver_pids`` limits this to associations of those processes; None closes all
-        (used when the node starts, before any receiver runs).
+        ``receiver_pids`` limits this to associations of those processes; None closes all of
+        this host's (used when the node starts, before any receiver runs). Other nodes
+        sharing the database keep theirs.
         """
         with self._sessions.begin() as s:
             query = select(Association.id).where(
-                Association.outcome == AssociationOutcome.IN_PROGRESS
+                Association.outcome == AssociationOutcome.IN_PROGRESS,
+                Association.node_host == self.node_host,
             )
             if receiver_pids is not None:
                 query = query.where(Association.receiver_pid.in_(receiver_pids))

@@ -32,6 +32,7 @@ def upgrade() -> None:
         sa.Column("reason", sa.Text(), nullable=True),
         sa.Column("instances_received", sa.Integer(), nullable=False),
         sa.Column("bytes_received", sa.BigInteger(), nullable=False),
+        sa.Column("node_host", sa.String(length=255), nullable=False),
         sa.Column("receiver_pid", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_association")),
     )
