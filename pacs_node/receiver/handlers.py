@@ -66,7 +66,6 @@ class _AssociationState:
     calling_ae: str
     instances: int = 0
     nbytes: int = 0
-    reject_reason: str | None = None
     rejected_contexts: list[str] = field(default_factory=list)
     ended: bool = False
 
@@ -127,7 +126,6 @@ class ReceiverHandlers:
         refusal = peer_refusal(self.security, calling_ae, peer.host)
         if refusal is not None:
             logger.warning("rejecting association %d: %s", audit_id, refusal)
-            state.reject_reason = refusal
             assoc.acse.send_reject(*_REJECT_CALLING_AE)
             self._end(assoc, AssociationOutcome.REJECTED, refusal)
 

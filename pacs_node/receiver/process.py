@@ -11,6 +11,8 @@ import tempfile
 import threading
 from multiprocessing.connection import Connection
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from pacs_node.audit.db import make_engine
 from pacs_node.audit.models import AssociationOutcome
 from pacs_node.audit.store import AuditStore, PeerInfo
@@ -58,7 +60,7 @@ def run_receiver(
         return
     storage = settings.storage
     # pynetdicom writes each incoming data set with NamedTemporaryFile in the default temp
-    # directory; pointing that at the spool's filesystem makes the move an atomic rename.
+    # directory; on the spool's filesystem the file can be linked into place, not copied.
     tempfile.tempdir = str(storage.incoming_dir)
     spool = Spool(storage.spool_dir, storage.incoming_dir)
     engine = make_engine(settings.database_url)
@@ -75,10 +77,13 @@ def run_receiver(
 
     def audit_tls_failure(host: str, port: int, reason: str) -> None:
         peer = PeerInfo(calling_ae="", called_ae="", host=host, port=port, tls=True)
-        assoc_id = audit.open_association(peer, receiver_pid=os.getpid())
-        audit.end_association(
-            assoc_id, AssociationOutcome.REJECTED, instances=0, nbytes=0, reason=reason
-        )
+        try:
+            assoc_id = audit.open_association(peer, receiver_pid=os.getpid())
+            audit.end_association(
+                assoc_id, AssociationOutcome.REJECTED, instances=0, nbytes=0, reason=reason
+            )
+        except SQLAlchemyError:
+            logger.exception("could not audit a failed TLS handshake")
 
     server = make_server(
         settings,

@@ -1,11 +1,12 @@
 """Durable spool of received objects, laid out as ``Study/Series/SOP.<sha>.dcm``.
 
-A file is durable once its bytes are fsynced, it has been renamed into place on the same
-filesystem (atomic), and the directory entry itself is fsynced. The node commits an audit
-row, and so acknowledges a C-STORE, only after all three.
+A file is durable once its bytes are fsynced, it has been linked (or, over a crash's
+leftover, renamed) into place on the same filesystem, atomically, and the directory entry
+itself is fsynced. The node commits an audit row, and so acknowledges a C-STORE, only
+after all three.
 
 To keep the C-STORE round trip short, the fsyncs run on helper threads (they release the
-GIL) while the handler parses the header and writes the audit row; the commit waits for them.
+GIL) while the handler parses the header; the audit commit waits for them.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class Sealing:
 
 @dataclass(frozen=True)
 class Placement:
-    """A file renamed into the spool; :meth:`wait_durable` returns once nothing can undo it."""
+    """A file put into the spool; :meth:`wait_durable` returns once nothing can undo it."""
 
     relative: str
     _pending: tuple[Future[None], ...]
@@ -99,7 +100,7 @@ class Spool:
         if os.stat(self.root).st_dev != os.stat(self.incoming).st_dev:
             raise OSError(
                 f"{self.incoming} and {self.root} are on different filesystems; "
-                "the move into the spool would not be an atomic rename"
+                "received files could not be linked into the spool"
             )
 
     def clear_incoming(self) -> int:
@@ -116,7 +117,8 @@ class Spool:
 
     def start_seal(self, path: Path) -> Sealing:
         """Start hashing and fsyncing ``path`` on helper threads."""
-        # Opened here, not on the helper threads: the file may be renamed before they run.
+        # Opened here, not on the helper threads: pynetdicom may delete the temporary name
+        # (after a refusal) before they run.
         fd = os.open(path, os.O_RDONLY)
         try:
             dup = os.dup(fd)
