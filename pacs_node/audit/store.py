@@ -210,24 +210,24 @@ class AuditStore:
         ``sqlalchemy.exc.IntegrityError`` when another receiver stored the same SOP Instance
         UID and version first: the caller retries and will see that version.
         """
-        now = utcnow()
         event = {
             "association_id": association_id,
             "sop_class_uid": facts.sop_class_uid,
             "sop_instance_uid": facts.sop_instance_uid,
             "series_instance_uid": facts.series_instance_uid,
-            "at": now,
             "status": 0x0000,
         }
         with self._reader.connect() as conn:
             versions = conn.execute(_SELECT_VERSIONS, {"uid": facts.sop_instance_uid}).all()
         same = next((v for v, h in versions if h == sha256), None)
         if same is not None:
+            now = utcnow()
             with self.engine.begin() as conn:
                 conn.execute(
                     _INSERT_EVENT,
                     {
                         **event,
+                        "at": now,
                         "kind": StoreEventKind.DUPLICATE,
                         "reason": f"identical to stored version {same}; "
                         "acknowledged, not stored again",

@@ -87,14 +87,15 @@ def read_header(path: Path) -> dict[str, Any]:
     with path.open("rb") as f:
         head = f.read(_HEAD_BYTES)
         whole = not f.read(1)
-    if not whole:
-        try:
-            header = _read_header(BytesIO(head))
-        except (InvalidDicomError, ValueError, KeyError, EOFError, TypeError, IndexError):
-            header = {}
-        if all(header.get(k) for k in _REQUIRED_UIDS):
-            return header
-    return _read_header(BytesIO(head) if whole else path)
+    try:
+        header = _read_header(BytesIO(head))
+    except (InvalidDicomError, ValueError, KeyError, EOFError, TypeError, IndexError):
+        if whole:
+            raise
+        header = {}
+    if whole or all(header.get(k) for k in _REQUIRED_UIDS):
+        return header
+    return _read_header(path)
 
 
 def read_facts(req: StoreRequest) -> InstanceFacts:
@@ -205,7 +206,8 @@ class Ingest:
             sealed.sha256,
         )
 
-        # New bytes go into the spool at once, so the fsyncs overlap the audit transaction.
+        # New bytes are linked into the spool at once, so the directory fsync runs beside
+        # the file's while the audit DB is asked for earlier versions.
         placed = self.spool.place_new(sealed, relative, sealing.synced)
 
         def place(_version: int) -> Placement:
