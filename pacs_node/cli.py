@@ -162,6 +162,42 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_enhance(args: argparse.Namespace) -> int:
+    # The only command that needs torch: it imports the enhancer here, never at start-up.
+    from tqdm import tqdm
+
+    from enhancer.checkpoint import CheckpointError
+    from enhancer.local import EnhanceFileError, enhance_files
+    from enhancer.runtime import Enhancer
+
+    for path in args.inputs:
+        if not path.is_file():
+            raise CliError(f"input {path} is not a file")
+    try:
+        if args.checkpoint is not None:
+            enhancer = Enhancer.from_checkpoint(
+                args.checkpoint, device=args.device, profile=args.profile
+            )
+        else:
+            enhancer = Enhancer.default(device=args.device, profile=args.profile)
+        done = enhance_files(
+            enhancer,
+            args.inputs,
+            args.out_dir,
+            preview=args.preview,
+            progress=lambda paths: tqdm(paths, unit="file", disable=len(paths) < 2),
+        )
+    except (CheckpointError, EnhanceFileError, FileNotFoundError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    failed = 0
+    for item in done:
+        verdict = "QC passed" if item.result.qc.passed else f"QC FAILED: {item.result.qc.reason}"
+        outputs = ", ".join(str(p) for p in item.outputs)
+        print(f"{item.source} -> {outputs} ({item.result.seconds:.2f} s, {verdict})")
+        failed += not item.result.qc.passed
+    return 1 if failed else 0
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -221,6 +257,18 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--speed", type=int, choices=[20, 40], default=20, help="cm/min")
     synth.set_defaults(func=cmd_synth)
+
+    enhance = sub.add_parser(
+        "enhance",
+        help="enhance NM DICOM files with the model (exit 1 if a result fails QC)",
+    )
+    enhance.add_argument("inputs", type=Path, nargs="+", metavar="INPUT")
+    enhance.add_argument("-o", "--out-dir", type=Path, required=True, dest="out_dir")
+    enhance.add_argument("--checkpoint", type=Path, help="model .safetensors (default: shipped)")
+    enhance.add_argument("--profile", choices=["fast", "cascade"], default="fast")
+    enhance.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    enhance.add_argument("--preview", action="store_true", help="PNG previews, not DICOM")
+    enhance.set_defaults(func=cmd_enhance)
     return parser
 
 

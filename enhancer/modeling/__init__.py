@@ -1,0 +1,1 @@
+"""Model components of the SAM-prior restoration cascade."""
