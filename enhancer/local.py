@@ -83,7 +83,9 @@ def _derived(
     out.SOPInstanceUID = generate_uid()
     out.SeriesInstanceUID = series_uid
     out.SeriesNumber = int(ds.get("SeriesNumber", 0) or 0) + 1000
-    out.ImageType = ["DERIVED", "SECONDARY", *list(ds.ImageType)[2:]]
+    # The NM IOD allows only PRIMARY as value 2 (PS3.3 C.8.4.8.1.1); the series and
+    # derivation descriptions say that this is an AI result.
+    out.ImageType = ["DERIVED", "PRIMARY", *list(ds.ImageType)[2:]]
     description = f"ENHANCED {result.model_name} {result.model_version}"
     out.SeriesDescription = description[:64]
     out.DerivationDescription = (
@@ -94,7 +96,12 @@ def _derived(
     source = Dataset()
     source.ReferencedSOPClassUID = ds.SOPClassUID
     source.ReferencedSOPInstanceUID = source_sop
+    purpose = Dataset()
+    purpose.CodeValue, purpose.CodingSchemeDesignator = "121322", "DCM"
+    purpose.CodeMeaning = "Source Image for Image Processing Operation"
+    source.PurposeOfReferenceCodeSequence = DicomSequence([purpose])
     out.SourceImageSequence = DicomSequence([source])
+    out.BurnedInAnnotation = "NO"
     out.BitsAllocated = 16
     out.BitsStored = 16
     out.HighBit = 15

@@ -142,3 +142,19 @@ def test_a_cuda_device_without_cuda_is_refused() -> None:
 
     with pytest.raises(ValueError, match="CUDA is not available"):
         resolve_device("cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("profile", [Profile.FAST, Profile.CASCADE])
+def test_cuda_autocast_agrees_with_the_cpu(
+    tiny_weights: Path, rapid: np.ndarray, profile: Profile
+) -> None:
+    cpu = Enhancer.from_checkpoint(tiny_weights, device="cpu", profile=profile).enhance(rapid)
+    gpu = Enhancer.from_checkpoint(tiny_weights, device="cuda", profile=profile)
+    result = gpu.enhance_with_qc(rapid)
+    assert result.device.startswith("cuda")
+    assert result.counts.dtype == np.uint16 and result.counts.shape == rapid.shape
+    # bf16 autocast: totals agree closely, pixels within bf16 rounding of the VST.
+    assert abs(float(result.counts.sum()) / float(cpu.sum()) - 1.0) < 0.01
+    difference = np.abs(result.counts.astype(np.int64) - cpu.astype(np.int64))
+    assert np.percentile(difference, 99) <= max(3.0, 0.05 * float(cpu.max()))
