@@ -24,6 +24,7 @@ from torch.nn import functional as F
 
 from enhancer.checkpoint import ModelCard, load_checkpoint
 from enhancer.modeling.cascade import CascadeModel, Profile
+from enhancer.modeling.restoration import RestorationUNet
 from enhancer.qc import QcReport, check_count_fidelity
 from enhancer.tiling import receptive_radius, run_tiled
 from enhancer.vst import inverse_anscombe_unbiased
@@ -234,17 +235,17 @@ class Enhancer:
         if self.profile is Profile.CASCADE:
             stages.append(self.model.stage2)
         radius = 0
-        with torch.inference_mode():
-            for stage in stages:
-                in_channels = stage.intro.in_channels
+        for stage in stages:
 
-                def probe(x: torch.Tensor, stage: torch.nn.Module = stage) -> torch.Tensor:
-                    x = x.to(self.device)
-                    return stage(x, base=x[:, :1]).image.float().cpu()  # type: ignore[no-any-return]
+            def probe(x: torch.Tensor, stage: RestorationUNet = stage) -> torch.Tensor:
+                x = x.to(self.device)
+                out: torch.Tensor = stage(x, base=x[:, :1]).image.float()
+                return out
 
-                radius = max(
-                    radius, receptive_radius(probe, in_channels=in_channels, multiple=multiple)
-                )
+            in_channels = stage.intro.in_channels
+            radius = max(
+                radius, receptive_radius(probe, in_channels=in_channels, multiple=multiple)
+            )
         return -(-radius // multiple) * multiple + multiple
 
     def _autocast(self) -> torch.autocast:

@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("out_dir", type=Path)
     synth.add_argument("--count", type=_positive_int, default=1)
     synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--speed", type=int, choices=[20, 40], default=20, help="cm/min")
+    synth.add_argument("--speed", type=int, choices=[20, 40, 60], default=20, help="cm/min")
     synth.set_defaults(func=cmd_synth)
 
     enhance = sub.add_parser(

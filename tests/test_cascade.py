@@ -185,3 +185,17 @@ def test_missing_card_and_missing_file_are_clear(tmp_path: Path) -> None:
     (tmp_path / "lonely.safetensors").write_bytes(b"x")
     with pytest.raises(CheckpointError, match="model card not found"):
         load_checkpoint(tmp_path / "lonely.safetensors")
+
+
+def test_our_layer_norm_matches_segment_anythings_in_either_memory_format() -> None:
+    from segment_anything.modeling.common import LayerNorm2d as SamLayerNorm2d
+
+    from enhancer.modeling.restoration import LayerNorm2d
+
+    ours, theirs = LayerNorm2d(6), SamLayerNorm2d(6)
+    randomise(theirs, 4)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(2, 6, 10, 7) * 3 + 1
+    torch.testing.assert_close(ours(x), theirs(x))
+    channels_last = x.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(ours(channels_last), theirs(x))

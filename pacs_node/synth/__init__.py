@@ -2,9 +2,9 @@
 
 A seed and an index fix everything about a scan: the patient (mostly children of 0.5-16
 years, some adults), the phantom's variation, the Poisson counts and every UID, so the same
-call gives byte-identical files. A 40 cm/min scan is the binomial thinning (p = 1/2) of the
-20 cm/min scan of the same seed and index: same patient and study, new series and SOP
-instance (DOMAIN.md section 4; White & Lawson 2015).
+call gives byte-identical files. A 40 or 60 cm/min scan is the binomial thinning (p = 1/2 or
+1/3) of the 20 cm/min scan of the same seed and index: same patient and study, new series and
+SOP instance (DOMAIN.md section 4; White & Lawson 2015).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from pacs_node.synth.bone_phantom import BonePhantom, PhantomRender
+from pacs_node.synth.lesions import Lesion, LesionKind, LesionModel
 from pacs_node.synth.nm_writer import (
     NMHeader,
     Radiopharmaceutical,
@@ -31,16 +33,19 @@ from pacs_node.synth.phantom import (
     BodyHabitus,
     Phantom,
     Sex,
-    SimpleBonePhantom,
     WholeBodyViews,
 )
 
 __all__ = [
     "SUPPORTED_SPEEDS_CM_MIN",
     "BodyHabitus",
+    "BonePhantom",
+    "Lesion",
+    "LesionKind",
+    "LesionModel",
     "NMHeader",
     "Phantom",
-    "SimpleBonePhantom",
+    "PhantomRender",
     "SyntheticPatient",
     "WholeBodyViews",
     "build_nm_dataset",
@@ -55,7 +60,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_SPEEDS_CM_MIN = (20, 40)
+SUPPORTED_SPEEDS_CM_MIN = (20, 40, 60)
 _STANDARD_SPEED = 20
 _UID_NAMESPACE = "pacs_node.synth"
 _ADULT_SHARE = 0.1
@@ -84,7 +89,8 @@ def _rng(seed: int, index: int, stream: int) -> np.random.Generator:
 
 def _check(seed: int, index: int, speed_cm_min: int) -> None:
     if speed_cm_min not in SUPPORTED_SPEEDS_CM_MIN:
-        raise ValueError(f"scan speed {speed_cm_min!r} cm/min is not one of 20, 40")
+        speeds = ", ".join(str(speed) for speed in SUPPORTED_SPEEDS_CM_MIN)
+        raise ValueError(f"scan speed {speed_cm_min!r} cm/min is not one of {speeds}")
     if seed < 0:
         raise ValueError(f"seed {seed!r} is negative")
     if index < 0:
@@ -166,35 +172,43 @@ def sample_counts(views: WholeBodyViews, rng: np.random.Generator) -> UInt16Fram
     return counts
 
 
-def thin_counts(counts: UInt16Frames, rng: np.random.Generator) -> UInt16Frames:
-    """Binomial thinning with p = 1/2: keep each detected count with probability one half.
+def thin_counts(counts: UInt16Frames, rng: np.random.Generator, p: float = 0.5) -> UInt16Frames:
+    """Binomial thinning: keep each detected count with probability ``p``.
 
-    Applied to Poisson counts of a 20 cm/min sweep this gives exactly the statistics of a
-    40 cm/min sweep of the same object (DOMAIN.md section 4). For n <= 63 the kept count is
-    the number of set bits among n fair random bits, which is Binomial(n, 1/2) exactly and
-    about ten times faster than ``Generator.binomial``; larger n use ``Generator.binomial``.
+    Applied to Poisson counts of a 20 cm/min sweep, p = 1/2 gives exactly the statistics of a
+    40 cm/min sweep of the same object and p = 1/3 those of a 60 cm/min sweep (DOMAIN.md
+    section 4). For p = 1/2 and n <= 63 the kept count is the number of set bits among n fair
+    random bits, which is Binomial(n, 1/2) exactly and about ten times faster than
+    ``Generator.binomial``; other p and larger n use ``Generator.binomial``.
 
     Parameters
     ----------
     counts : ndarray of uint16
         Integer counts, any shape.
     rng : numpy.random.Generator
-        Source of the random bits.
+        Source of the random draws.
+    p : float
+        Probability of keeping a count, 0-1.
 
     Returns
     -------
     ndarray of uint16
         Same shape; every element <= the input's.
     """
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"thinning probability {p!r} is outside 0-1")
     flat = counts.ravel()
-    nonzero = np.flatnonzero(flat)  # most of a frame is empty: draw bits only where needed
-    n = flat[nonzero].astype(np.uint64)
-    bits = rng.bit_generator.random_raw(n.size)
-    mask = (np.uint64(1) << np.minimum(n, np.uint64(63))) - np.uint64(1)
-    kept = np.bitwise_count(bits & mask).astype(np.uint16)
-    large = np.flatnonzero(n > 63)
-    if large.size:
-        kept[large] = rng.binomial(flat[nonzero[large]], 0.5)
+    nonzero = np.flatnonzero(flat)  # most of a frame is empty: draw only where needed
+    if p != 0.5:
+        kept = rng.binomial(flat[nonzero], p).astype(np.uint16)
+    else:
+        n = flat[nonzero].astype(np.uint64)
+        bits = rng.bit_generator.random_raw(n.size)
+        mask = (np.uint64(1) << np.minimum(n, np.uint64(63))) - np.uint64(1)
+        kept = np.bitwise_count(bits & mask).astype(np.uint16)
+        large = np.flatnonzero(n > 63)
+        if large.size:
+            kept[large] = rng.binomial(flat[nonzero[large]], 0.5)
     thinned = np.zeros_like(flat)
     thinned[nonzero] = kept
     return thinned.reshape(counts.shape)
@@ -207,8 +221,9 @@ def synthetic_scan_counts(seed: int, index: int, speed_cm_min: int = 20) -> UInt
     ----------
     seed, index : int
         Non-negative; fix the patient, phantom and noise.
-    speed_cm_min : {20, 40}
-        40 gives the binomial thinning of the 20 cm/min counts of the same seed and index.
+    speed_cm_min : {20, 40, 60}
+        40 and 60 give the binomial thinning (p = 20 / speed) of the 20 cm/min counts of the
+        same seed and index.
 
     Returns
     -------
@@ -221,11 +236,12 @@ def _scan(seed: int, index: int, speed_cm_min: int) -> tuple[int, UInt16Frames]:
     """Scanned rows and counts of one scan."""
     _check(seed, index, speed_cm_min)
     patient = synthetic_patient(seed, index)
-    phantom = SimpleBonePhantom(patient.body, speed_cm_min=_STANDARD_SPEED)
+    phantom = BonePhantom(patient.body, speed_cm_min=_STANDARD_SPEED)
     views = phantom.expected_counts(_rng(seed, index, _PHANTOM))
     counts = sample_counts(views, _rng(seed, index, _COUNTS))
     if speed_cm_min != _STANDARD_SPEED:
-        counts = thin_counts(counts, _rng(seed, index, _THINNING))
+        p = _STANDARD_SPEED / speed_cm_min
+        counts = thin_counts(counts, _rng(seed, index, _THINNING), p)
     return views.scanned_rows, counts
 
 
@@ -242,9 +258,9 @@ def synthetic_scan_dataset(
     ----------
     seed, index : int
         Non-negative; the same pair gives the same pixel data, header and UIDs.
-    speed_cm_min : {20, 40}
-        Table speed written to the header; 40 thins the 20 cm/min counts (p = 1/2) and gets
-        its own Series and SOP Instance UIDs in the same study.
+    speed_cm_min : {20, 40, 60}
+        Table speed written to the header; 40 and 60 thin the 20 cm/min counts (p = 1/2,
+        1/3) and get their own Series and SOP Instance UIDs in the same study.
     unicode_name : bool
         Use a non-ASCII patient name and Specific Character Set ISO_IR 192.
 
@@ -256,12 +272,14 @@ def synthetic_scan_dataset(
     scanned_rows, counts = _scan(seed, index, speed_cm_min)
     patient = synthetic_patient(seed, index, unicode_name=unicode_name)
     scan_length_mm = round(scanned_rows * DEFAULT_PIXEL_SPACING_MM)
-    velocity_mm_s = speed_cm_min * 10.0 / 60.0
-    standard_ms = round(scan_length_mm / (_STANDARD_SPEED * 10.0 / 60.0) * 1000.0)
-    # The fast sweep follows the standard one after a two-minute pause.
-    offset = timedelta(milliseconds=standard_ms, minutes=2)
-    if speed_cm_min == _STANDARD_SPEED:
-        offset = timedelta()
+
+    def duration_ms(speed: int) -> int:
+        return round(scan_length_mm / (speed * 10.0 / 60.0) * 1000.0)
+
+    # The sweeps run in order of speed, each two minutes after the one before.
+    order = SUPPORTED_SPEEDS_CM_MIN.index(speed_cm_min)
+    earlier = SUPPORTED_SPEEDS_CM_MIN[:order]
+    offset = timedelta(milliseconds=sum(map(duration_ms, earlier)), minutes=2 * len(earlier))
     header = NMHeader(
         patient_name=patient.name,
         patient_id=patient.patient_id,
@@ -278,14 +296,15 @@ def synthetic_scan_dataset(
         study_datetime=patient.study_datetime,
         acquisition_datetime=patient.study_datetime + offset,
         scan_speed_cm_min=speed_cm_min,
-        actual_frame_duration_ms=round(scan_length_mm / velocity_mm_s * 1000.0),
+        actual_frame_duration_ms=duration_ms(speed_cm_min),
         scan_length_mm=scan_length_mm,
         pixel_spacing_mm=DEFAULT_PIXEL_SPACING_MM,
         administered_activity_mbq=patient.administered_activity_mbq,
         injection_datetime=patient.injection_datetime,
         radiopharmaceutical=patient.radiopharmaceutical,
-        series_number=1 if speed_cm_min == _STANDARD_SPEED else 2,
+        series_number=order + 1,
         series_description=f"WB ANT/POST {speed_cm_min} cm/min (synthetic)",
+        manufacturer_model_name=BonePhantom.__name__,
         specific_character_set="ISO_IR 192" if unicode_name else None,
     )
     return build_nm_dataset(counts, header)
@@ -313,8 +332,9 @@ def write_synthetic_scans(
         Number of scans, >= 1.
     seed : int
         Non-negative; the same seed gives identical files.
-    speed_cm_min : {20, 40}
-        Table speed; 40 gives the thinned twins of the 20 cm/min scans of the same seed.
+    speed_cm_min : {20, 40, 60}
+        Table speed; 40 and 60 give the thinned twins of the 20 cm/min scans of the same
+        seed.
     unicode_names : bool
         Non-ASCII patient names with Specific Character Set ISO_IR 192.
 

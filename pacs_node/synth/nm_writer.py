@@ -109,7 +109,7 @@ class NMHeader:
     institution_name: str = "Synthetic Children's Hospital"
     station_name: str = "SYNTH-NM01"
     manufacturer: str = "pacs_node synthetic"
-    manufacturer_model_name: str = "SimpleBonePhantom"
+    manufacturer_model_name: str = "BonePhantom"
     device_serial_number: str = "SYN0001"
     software_versions: str = f"pacs_node {__version__}"
     collimator: str = "LEHR"
