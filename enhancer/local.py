@@ -1,9 +1,9 @@
 """Local use: enhance NM DICOM files on disk (``pacs-node enhance``).
 
 Reads each file (any transfer syntax pydicom can decode), runs the enhancer, and writes
-the enhanced frames as a derived NM object beside a new series UID, or PNG previews
-(rapid | enhanced, side by side per frame) with ``preview=True``. This writer is the
-simple one; the labelled Secondary Capture series that goes to PACS is built elsewhere.
+the enhanced frames as the same labelled derived series that goes to PACS
+(:mod:`pacs_node.derived`: multi-frame SC by default), or PNG previews (rapid | enhanced,
+side by side per frame) with ``preview=True``.
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from enhancer.runtime import EnhancementResult, Enhancer, EnhancerInputError
+from pacs_node.derived import ModelProvenance, OutputKind, build_derived_series, write_series
 
 __all__ = ["EnhanceFileError", "EnhancedFile", "enhance_file", "read_nm_frames"]
 
@@ -75,47 +74,6 @@ def read_nm_frames(path: Path) -> tuple[Dataset, np.ndarray]:
     return ds, pixels.astype(np.uint16, copy=False)
 
 
-def _derived(
-    ds: Dataset, counts: np.ndarray, result: EnhancementResult, series_uid: str
-) -> Dataset:
-    out = ds.copy()
-    source_sop = ds.SOPInstanceUID
-    out.SOPInstanceUID = generate_uid()
-    out.SeriesInstanceUID = series_uid
-    out.SeriesNumber = int(ds.get("SeriesNumber", 0) or 0) + 1000
-    # The NM IOD allows only PRIMARY as value 2 (PS3.3 C.8.4.8.1.1); the series and
-    # derivation descriptions say that this is an AI result.
-    out.ImageType = ["DERIVED", "PRIMARY", *list(ds.ImageType)[2:]]
-    description = f"ENHANCED {result.model_name} {result.model_version}"
-    out.SeriesDescription = description[:64]
-    out.DerivationDescription = (
-        f"Rapid-scan restoration by {result.model_name} {result.model_version} "
-        f"(sha256 {result.model_sha256[:16]}, profile {result.profile.value}); "
-        "counts on the scale of a standard-speed scan"
-    )[:1024]
-    source = Dataset()
-    source.ReferencedSOPClassUID = ds.SOPClassUID
-    source.ReferencedSOPInstanceUID = source_sop
-    purpose = Dataset()
-    purpose.CodeValue, purpose.CodingSchemeDesignator = "121322", "DCM"
-    purpose.CodeMeaning = "Source Image for Image Processing Operation"
-    source.PurposeOfReferenceCodeSequence = DicomSequence([purpose])
-    out.SourceImageSequence = DicomSequence([source])
-    out.BurnedInAnnotation = "NO"
-    out.BitsAllocated = 16
-    out.BitsStored = 16
-    out.HighBit = 15
-    out.PixelRepresentation = 0
-    out.PixelData = np.ascontiguousarray(counts, dtype="<u2").tobytes()
-    out["PixelData"].VR = "OW"
-    out.file_meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
-    out.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    for element in ("LargestImagePixelValue", "SmallestImagePixelValue"):
-        if element in out:
-            del out[element]
-    return out
-
-
 def _window(counts: np.ndarray, top: float) -> np.ndarray:
     # A square-root window shows bladder and distal limbs in one 8-bit image.
     scaled = np.sqrt(counts.astype(np.float64) / max(top, 1.0))
@@ -141,16 +99,14 @@ def enhance_file(
     out_dir: Path,
     *,
     preview: bool = False,
-    series_uids: dict[str, str] | None = None,
+    kind: OutputKind = OutputKind.MULTIFRAME_SC,
 ) -> EnhancedFile:
     """Enhance one NM file into ``out_dir``; see the module docstring.
 
-    ``series_uids`` maps source to derived Series Instance UIDs, so that files of one
-    source series land in one derived series; it is filled in as files are seen.
+    Derived UIDs depend only on the source and the model, so files of one source series
+    land in one derived series and a re-run overwrites rather than duplicates.
     """
     ds, frames = read_nm_frames(path)
-    series_uids = {} if series_uids is None else series_uids
-    series_uid = series_uids.setdefault(str(ds.SeriesInstanceUID), generate_uid())
     try:
         result = enhancer.enhance_with_qc(frames)
     except EnhancerInputError as exc:
@@ -159,10 +115,17 @@ def enhance_file(
     if preview:
         outputs = _previews(path.stem, frames, result.counts, out_dir)
     else:
-        derived = _derived(ds, result.counts, result, series_uid)
-        target = out_dir / f"{derived.SOPInstanceUID}.dcm"
-        derived.save_as(target, enforce_file_format=True)
-        outputs = [target]
+        provenance = ModelProvenance(
+            name=result.model_name,
+            version=result.model_version,
+            sha256=result.model_sha256,
+            profile=result.profile.value,
+        )
+        try:
+            derived = build_derived_series(ds, result.counts, provenance, kind=kind)
+        except ValueError as exc:
+            raise EnhanceFileError(f"{path}: cannot build the derived series ({exc})") from None
+        outputs = write_series(derived, out_dir)
     if not result.qc.passed:
         logger.warning("%s: count-fidelity QC failed: %s", path.name, result.qc.reason)
     return EnhancedFile(source=path, outputs=tuple(outputs), result=result)
@@ -174,11 +137,11 @@ def enhance_files(
     out_dir: Path,
     *,
     preview: bool = False,
+    kind: OutputKind = OutputKind.MULTIFRAME_SC,
     progress: Callable[[Sequence[Path]], Iterable[Path]] | None = None,
 ) -> list[EnhancedFile]:
-    """Enhance many files; one new series per source series."""
-    series_uids: dict[str, str] = {}
+    """Enhance many files; one derived series per source series."""
     return [
-        enhance_file(enhancer, path, out_dir, preview=preview, series_uids=series_uids)
+        enhance_file(enhancer, path, out_dir, preview=preview, kind=kind)
         for path in (progress(inputs) if progress is not None else inputs)
     ]

@@ -169,6 +169,7 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     from enhancer.checkpoint import CheckpointError
     from enhancer.local import EnhanceFileError, enhance_files
     from enhancer.runtime import Enhancer
+    from pacs_node.derived import OutputKind
 
     for path in args.inputs:
         if not path.is_file():
@@ -185,6 +186,7 @@ def cmd_enhance(args: argparse.Namespace) -> int:
             args.inputs,
             args.out_dir,
             preview=args.preview,
+            kind=OutputKind(args.kind),
             progress=lambda paths: tqdm(paths, unit="file", disable=len(paths) < 2),
         )
     except (CheckpointError, EnhanceFileError, FileNotFoundError, ValueError) as exc:
@@ -267,6 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
     enhance.add_argument("--checkpoint", type=Path, help="model .safetensors (default: shipped)")
     enhance.add_argument("--profile", choices=["fast", "cascade"], default="fast")
     enhance.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    enhance.add_argument(
+        "--kind",
+        choices=["multiframe-sc", "single-frame-sc", "derived-nm"],
+        default="multiframe-sc",
+        help="derived DICOM object type",
+    )
     enhance.add_argument("--preview", action="store_true", help="PNG previews, not DICOM")
     enhance.set_defaults(func=cmd_enhance)
     return parser

@@ -56,7 +56,8 @@ def test_enhance_writes_derived_nm_objects_that_dciodvfy_accepts(
         assert ds.SOPInstanceUID != source.SOPInstanceUID
         assert ds.SeriesInstanceUID != source.SeriesInstanceUID
         assert ds.StudyInstanceUID == source.StudyInstanceUID
-        assert list(ds.ImageType)[:2] == ["DERIVED", "PRIMARY"]
+        assert list(ds.ImageType)[:2] == ["DERIVED", "SECONDARY"]
+        assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7.3"  # Multi-frame Grayscale Word SC
         assert "tiny-test" in ds.SeriesDescription
         assert ds.pixel_array.shape == source.pixel_array.shape
         assert ds.pixel_array.dtype == np.uint16
@@ -82,10 +83,21 @@ def test_compressed_input_is_decoded(
     compressed = tmp_path / "jls.dcm"
     ds.save_as(compressed)
     out = tmp_path / "out"
-    result = run("enhance", str(compressed), "-o", str(out), "--checkpoint", str(weights))
+    result = run(
+        "enhance",
+        str(compressed),
+        "-o",
+        str(out),
+        "--checkpoint",
+        str(weights),
+        "--kind",
+        "derived-nm",
+    )
     assert result.returncode in (0, 1), result.stderr
     [derived] = out.glob("*.dcm")
-    assert dcmread(derived).pixel_array.shape == ds.pixel_array.shape
+    derived_ds = dcmread(derived)
+    assert derived_ds.SOPClassUID == ds.SOPClassUID  # NM Image Storage
+    assert derived_ds.pixel_array.shape == ds.pixel_array.shape
 
 
 def test_preview_writes_side_by_side_pngs(
