@@ -158,3 +158,14 @@ def test_cuda_autocast_agrees_with_the_cpu(
     assert abs(float(result.counts.sum()) / float(cpu.sum()) - 1.0) < 0.01
     difference = np.abs(result.counts.astype(np.int64) - cpu.astype(np.int64))
     assert np.percentile(difference, 99) <= max(3.0, 0.05 * float(cpu.max()))
+
+
+def test_the_cpu_allocator_tuning_takes_on_glibc() -> None:
+    import platform
+
+    from enhancer.runtime import tune_cpu_allocator
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("allocator tuning applies to glibc only")
+    assert tune_cpu_allocator() is True
+    assert tune_cpu_allocator() is True  # idempotent

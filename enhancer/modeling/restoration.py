@@ -3,7 +3,7 @@
 The backbone follows NAFNet (Chen et al., ECCV 2022): LayerNorm, point-wise and depth-wise
 convolutions joined by a multiplicative gate instead of a non-linear activation. It
 restores Poisson-noisy images well at a fraction of a transformer's cost, which the CPU
-profile needs (about 11 GMACs per 1024×256 frame at width 16). NAFNet's simplified
+profile needs (about 5 GMACs per 1024×256 frame at width 16). NAFNet's simplified
 channel attention pools over the whole image; it is left out so that every output pixel
 depends on a bounded neighbourhood, which makes tiled inference exactly equal to a
 whole-frame pass when tiles overlap by the receptive field.
