@@ -71,6 +71,30 @@ def test_frame_input_size_keeps_aspect_on_the_patch_grid(
 
 
 @pytest.mark.parametrize(
+    ("size", "scale", "expected"),
+    [((256, 128), 1.0, (256, 128)), ((256, 128), 0.5, (128, 64)), ((128, 64), 100.0, (1024, 512))],
+)
+def test_frame_input_size_at_a_given_scale_never_exceeds_the_canvas(
+    size: tuple[int, int], scale: float, expected: tuple[int, int]
+) -> None:
+    assert frame_input_size(*size, scale=scale) == expected
+    with pytest.raises(ValueError, match=r"scale 0\.0 must be positive"):
+        frame_input_size(*size, scale=0.0)
+
+
+def test_a_crop_at_its_frames_scale_is_encoded_on_its_own_token_grid() -> None:
+    prior = SamPrior(tiny_sam(0))
+    vst = frames(2, 256, 128)
+    with torch.inference_mode():
+        native = prior(vst, scale=1.0)
+        magnified = prior(vst)
+    assert native.embedding.shape[-2:] == (16, 8)
+    assert magnified.embedding.shape[-2:] == (64, 32)
+    assert native.mask_logits.shape == magnified.mask_logits.shape == (2, 1, 256, 128)
+    assert prior.encode(vst, scale=1.0).shape == native.embedding.shape
+
+
+@pytest.mark.parametrize(
     ("height", "width", "tokens"),
     [(1024, 256, (64, 16)), (2048, 512, (64, 16)), (128, 64, (64, 32))],
 )

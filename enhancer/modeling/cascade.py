@@ -111,10 +111,14 @@ class CascadeModel(nn.Module):
         return out.image * self.vst_scale, out.features
 
     def prior_modulation(
-        self, stage1: torch.Tensor
+        self, stage1: torch.Tensor, *, prior_scale: float | None = None
     ) -> tuple[SemanticPrior, list[tuple[torch.Tensor, torch.Tensor]]]:
-        """The SAM prior of f_IR1's output and SPI's modulation for the whole frame."""
-        prior = self.prior(stage1.detach())
+        """The SAM prior of f_IR1's output and SPI's modulation for the whole frame.
+
+        ``prior_scale`` is the SAM encoder's pixels per frame pixel; training crops pass their
+        whole frame's (see :meth:`SamPrior.forward`).
+        """
+        prior = self.prior(stage1.detach(), scale=prior_scale)
         h, w = stage1.shape[-2:]
         levels = self.stage2.levels
         sizes = [(h >> (levels - i), w >> (levels - i)) for i in range(levels + 1)]
@@ -129,7 +133,13 @@ class CascadeModel(nn.Module):
         out = self.stage2(z, base=z1, modulation=modulation)
         return out.image * self.vst_scale, out.features
 
-    def forward(self, x: torch.Tensor, *, profile: Profile = Profile.CASCADE) -> CascadeOutput:
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        profile: Profile = Profile.CASCADE,
+        prior_scale: float | None = None,
+    ) -> CascadeOutput:
         """Run one profile.
 
         Parameters
@@ -139,6 +149,8 @@ class CascadeModel(nn.Module):
             :attr:`multiple`.
         profile : Profile
             ``fast`` stops after f_IR1.
+        prior_scale : float, optional
+            Passed to :meth:`prior_modulation`.
 
         Returns
         -------
@@ -148,7 +160,7 @@ class CascadeModel(nn.Module):
         stage1, features1 = self.run_stage1(x)
         if Profile(profile) is Profile.FAST:
             return CascadeOutput(stage1=stage1, features1=features1)
-        prior, modulation = self.prior_modulation(stage1)
+        prior, modulation = self.prior_modulation(stage1, prior_scale=prior_scale)
         stage2, features2 = self.run_stage2(stage1, x, modulation)
         return CascadeOutput(
             stage1=stage1, features1=features1, stage2=stage2, features2=features2, prior=prior

@@ -21,7 +21,7 @@ __all__ = ["SemanticConsistencyLoss", "SemanticEncoder"]
 class SemanticEncoder(Protocol):
     """Anything that maps B×1×H×W VST images to B×C×h×w semantic features."""
 
-    def encode(self, vst: torch.Tensor) -> torch.Tensor: ...
+    def encode(self, vst: torch.Tensor, *, scale: float | None = None) -> torch.Tensor: ...
 
 
 class SemanticConsistencyLoss(nn.Module):
@@ -51,7 +51,12 @@ class SemanticConsistencyLoss(nn.Module):
         self.cross_weight = cross_weight
 
     def forward(
-        self, stage1: torch.Tensor, stage2: torch.Tensor, target: torch.Tensor
+        self,
+        stage1: torch.Tensor,
+        stage2: torch.Tensor,
+        target: torch.Tensor,
+        *,
+        scale: float | None = None,
     ) -> torch.Tensor:
         """The SCM loss, a scalar.
 
@@ -59,11 +64,13 @@ class SemanticConsistencyLoss(nn.Module):
         ----------
         stage1, stage2, target : torch.Tensor
             B×1×H×W images in VST units (counts after the Anscombe transform).
+        scale : float, optional
+            The encoder's pixels per image pixel (crops pass their whole frame's).
         """
         with torch.no_grad():
-            target_features = self._encoder.encode(target)
-        features1 = self._encoder.encode(stage1)
-        features2 = self._encoder.encode(stage2)
+            target_features = self._encoder.encode(target, scale=scale)
+        features1 = self._encoder.encode(stage1, scale=scale)
+        features2 = self._encoder.encode(stage2, scale=scale)
         w1, w2 = self.stage_weights
         return (
             w1 * F.l1_loss(features1, target_features)

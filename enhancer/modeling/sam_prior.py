@@ -103,19 +103,22 @@ class SamPrior(nn.Module):
         """Channels C of :attr:`SemanticPrior.embedding`."""
         return int(self.sam.prompt_encoder.embed_dim)
 
-    def preprocess(self, vst: Tensor) -> Tensor:
+    def preprocess(self, vst: Tensor, *, scale: float | None = None) -> Tensor:
         """Window, resize and normalise frames for the image encoder.
 
         Parameters
         ----------
         vst : Tensor
             (B, 1, H, W) float32 Anscombe-transformed counts (``enhancer.vst.anscombe``).
+        scale : float, optional
+            Encoder pixels per frame pixel (see :func:`frame_input_size`); by default the
+            long side fills SAM's canvas.
 
         Returns
         -------
         Tensor
-            (B, 3, H', W') float32 with (H', W') = ``frame_input_size(H, W)``: for ``SAM``, 0-255
-            standardised by SAM's pixel mean and std; for ``MEDSAM``, in [0, 1].
+            (B, 3, H', W') float32 with (H', W') = ``frame_input_size(H, W, scale=scale)``: for
+            ``SAM``, 0-255 standardised by SAM's pixel mean and std; for ``MEDSAM``, in [0, 1].
         """
         _check_frames(vst)
         # The white point is a statistic of the frame, not a path for gradients: they flow
@@ -123,7 +126,7 @@ class SamPrior(nn.Module):
         with torch.no_grad():
             white = _frame_quantile(vst.flatten(1), WINDOW_QUANTILE).clamp(min=_EPS)
         x = (vst / white.view(-1, 1, 1, 1)).clamp(0.0, 1.0)
-        size = frame_input_size(vst.shape[-2], vst.shape[-1])
+        size = frame_input_size(vst.shape[-2], vst.shape[-1], scale=scale)
         if size != tuple(vst.shape[-2:]):
             # Antialiased like segment_anything's ResizeLongestSide.apply_image_torch.
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
@@ -136,42 +139,47 @@ class SamPrior(nn.Module):
         std = cast(Tensor, self.sam.pixel_std)
         return (x * 255.0 - mean) / std
 
-    def encode(self, vst: Tensor) -> Tensor:
+    def encode(self, vst: Tensor, *, scale: float | None = None) -> Tensor:
         """Image embeddings only, for losses that compare them.
 
         Parameters
         ----------
         vst : Tensor
             (B, 1, H, W) float32 Anscombe-transformed counts.
+        scale : float, optional
+            As in :meth:`preprocess`.
 
         Returns
         -------
         Tensor
             (B, C, h, w) float32 on the frame's token grid (see :class:`SemanticPrior`).
         """
-        return encode_frame_grid(self.sam.image_encoder, self.preprocess(vst))
+        return encode_frame_grid(self.sam.image_encoder, self.preprocess(vst, scale=scale))
 
-    def forward(self, vst: Tensor) -> SemanticPrior:
+    def forward(self, vst: Tensor, *, scale: float | None = None) -> SemanticPrior:
         """Embeddings, skeleton-mask logits and the automatic box prompt.
 
         Parameters
         ----------
         vst : Tensor
             (B, 1, H, W) float32 Anscombe-transformed counts; frames in a batch share one size.
+        scale : float, optional
+            As in :meth:`preprocess`: training crops pass the scale of their whole frame, so
+            that the prior sees anatomy at the size it has at inference.
 
         Returns
         -------
         SemanticPrior
         """
         box = body_box(vst)
-        x = self.preprocess(vst)
+        x = self.preprocess(vst, scale=scale)
         embedding = encode_frame_grid(self.sam.image_encoder, x)
         # The resized frame sits top-left on SAM's canvas, so canvas coordinates are
         # resized-frame coordinates.
-        scale = torch.tensor(
+        to_canvas = torch.tensor(
             [x.shape[-1] / vst.shape[-1], x.shape[-2] / vst.shape[-2]] * 2, device=box.device
         )
-        low_res = self._decode(embedding, box * scale)
+        low_res = self._decode(embedding, box * to_canvas)
         mask_logits = to_frame_grid(low_res, (vst.shape[-2], vst.shape[-1]))
         return SemanticPrior(embedding=embedding, mask_logits=mask_logits, box=box)
 
@@ -198,15 +206,21 @@ class SamPrior(nn.Module):
         return torch.cat(masks)
 
 
-def frame_input_size(height: int, width: int) -> tuple[int, int]:
-    """Encoder input size for a frame: long side 1024 (SAM's canvas), sides multiples of 16.
+def frame_input_size(height: int, width: int, *, scale: float | None = None) -> tuple[int, int]:
+    """Encoder input size for a frame: sides multiples of 16, at most SAM's 1024 canvas.
 
-    Examples: 1024x256 stays 1024x256; 2048x512 becomes 1024x256; 128x64 becomes 1024x512.
+    By default the long side is resized to 1024. Examples: 1024x256 stays 1024x256;
+    2048x512 becomes 1024x256; 128x64 becomes 1024x512. With ``scale`` (encoder pixels per
+    frame pixel) a 256x128 crop of a 1024x256 frame at scale 1.0 stays 256x128, the size
+    its anatomy has when the whole frame is encoded.
     """
     if height < 1 or width < 1:
         raise ValueError(f"frame size {height}x{width} is empty")
+    if scale is not None and not scale > 0:
+        raise ValueError(f"encoder scale {scale!r} must be positive")
     patch = PATCH_SIZE
-    scale = IMAGE_SIZE / max(height, width)
+    fill = IMAGE_SIZE / max(height, width)
+    scale = fill if scale is None else min(scale, fill)
     return (
         max(patch, int(height * scale / patch + 0.5) * patch),
         max(patch, int(width * scale / patch + 0.5) * patch),
