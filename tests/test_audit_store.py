@@ -64,9 +64,10 @@ def store(
 
 
 def test_migrations_run_from_empty_to_head(engine: Engine, database_url: str) -> None:
-    assert current_revision(database_url) == "0001"
+    assert current_revision(database_url) == "0002"
     with engine.connect() as conn:
-        for table in ("association", "study", "series", "instance", "job", "job_state_change"):
+        tables = ("association", "study", "series", "instance", "job", "job_state_change")
+        for table in (*tables, "delivery_attempt"):
             assert conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one() == 0
 
 

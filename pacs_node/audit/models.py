@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -181,6 +182,25 @@ class Job(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(_Timestamp, default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(_Timestamp, default=utcnow)
+    #: Who holds the job while it is ``enhancing`` or ``sending`` ("host:pid"), and until
+    #: when: a holder that dies lets the lease expire and the reconciler hands the job on.
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(_Timestamp, index=True)
+    #: Deliveries tried since the job last entered ``enhanced``, and when to try again.
+    send_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    first_send_failure_at: Mapped[datetime | None] = mapped_column(_Timestamp)
+    next_send_at: Mapped[datetime | None] = mapped_column(_Timestamp)
+    #: The model that enhanced it, where, and the derived files it wrote.
+    model_name: Mapped[str | None] = mapped_column(String(64))
+    model_version: Mapped[str | None] = mapped_column(String(64))
+    model_sha256: Mapped[str | None] = mapped_column(String(64))
+    worker_host: Mapped[str | None] = mapped_column(String(255))
+    device: Mapped[str | None] = mapped_column(String(32))
+    output_dir: Mapped[str | None] = mapped_column(Text)
+    #: The count-fidelity QC verdict; a failed one is sent only when an admin forces it.
+    qc_passed: Mapped[bool | None] = mapped_column(Boolean)
+    qc_reason: Mapped[str | None] = mapped_column(Text)
+    force_send: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     series: Mapped[Series] = relationship()
 
@@ -197,3 +217,27 @@ class JobStateChange(Base):
     to_state: Mapped[str] = mapped_column(String(16))
     actor: Mapped[str] = mapped_column(String(64))
     reason: Mapped[str | None] = mapped_column(Text)
+    #: Where the transition happened and with which model (enhancement transitions).
+    worker_host: Mapped[str | None] = mapped_column(String(255))
+    device: Mapped[str | None] = mapped_column(String(32))
+    model_name: Mapped[str | None] = mapped_column(String(64))
+    model_version: Mapped[str | None] = mapped_column(String(64))
+    model_sha256: Mapped[str | None] = mapped_column(String(64))
+
+
+class DeliveryAttempt(Base):
+    """One association to one PACS destination for one job, with what PACS answered."""
+
+    __tablename__ = "delivery_attempt"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("job.id"), index=True)
+    destination: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(_Timestamp, default=utcnow)
+    ended_at: Mapped[datetime] = mapped_column(_Timestamp, default=utcnow)
+    delivered: Mapped[bool] = mapped_column(Boolean)
+    instances_sent: Mapped[int] = mapped_column(Integer)
+    instances_failed: Mapped[int] = mapped_column(Integer)
+    #: Each instance's response, "UID 0xSTAT meaning" per line, so any status can be found.
+    statuses: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
