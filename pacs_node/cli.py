@@ -10,14 +10,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from pacs_node.cli_jobs import CliError, add_commands
 from pacs_node.config import ConfigError, Settings, load_settings
 from pacs_node.logs import configure_logging
 
 EXIT_USAGE = 2
-
-
-class CliError(Exception):
-    """A problem to report in one line."""
 
 
 def _parse_since(text: str) -> datetime:
@@ -46,7 +43,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args, node=node, storage=storage)
     configure_logging(args.log_level)
     try:
-        serve(settings, log_level=args.log_level)
+        serve(settings, log_level=args.log_level, config_path=args.config)
     except StartupError as exc:
         raise CliError(f"cannot start: {exc}") from None
     return 0
@@ -277,6 +274,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     enhance.add_argument("--preview", action="store_true", help="PNG previews, not DICOM")
     enhance.set_defaults(func=cmd_enhance)
+
+    def with_settings(command: Any) -> Any:
+        def run(args: argparse.Namespace) -> int:
+            settings = _settings(args)
+            if hasattr(args, "log_level"):
+                configure_logging(args.log_level)
+            return int(command(args, settings))
+
+        return run
+
+    add_commands(sub, with_config, with_settings)
     return parser
 
 

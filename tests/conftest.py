@@ -100,6 +100,8 @@ def node_factory(tmp_path: Path) -> Iterator[NodeFactory]:
             "storage": {"data_dir": base / "data", "min_free_disk_mb": 1},
             "completion": {"quiet_period_s": 1.0, "poll_interval_s": 0.2},
             "timeouts": {"connection_idle": 5.0, "acse": 10.0},
+            # Receiver tests stop at the job row; pipeline tests turn this on.
+            "pipeline": {"enabled": False},
         }
         for section, values in (sections or {}).items():
             merged[section] = {**merged.get(section, {}), **values}

@@ -33,6 +33,19 @@ class Orthanc:
             body = response.read()
         return json.loads(body) if body[:1] in (b"{", b"[") else body
 
+    def series_of_study(self, study_instance_uid: str) -> list[dict[str, Any]]:
+        """Orthanc's expanded series records of one study."""
+        found = self.get_post("/tools/lookup", study_instance_uid)
+        studies = [item["ID"] for item in found if item["Type"] == "Study"]
+        return [s for study in studies for s in self.get(f"/studies/{study}/series")]
+
+    def get_post(self, path: str, body: str) -> Any:
+        request = urllib.request.Request(
+            f"http://{HOST}:{self.http_port}{path}", data=body.encode(), method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
     def instance_uids(self) -> set[str]:
         """SOP Instance UIDs of everything stored."""
         instances = self.get("/instances?expand")
@@ -44,7 +57,11 @@ class Orthanc:
 
 @contextmanager
 def running_orthanc(
-    work: Path, *, lua: str | None = None, check_called_ae: bool = False
+    work: Path,
+    *,
+    lua: str | None = None,
+    check_called_ae: bool = False,
+    dicom_port: int | None = None,
 ) -> Iterator[Orthanc]:
     """Start Orthanc in ``work``; stop it (and wait) on exit.
 
@@ -56,7 +73,7 @@ def running_orthanc(
         Reject associations whose called AE title is not ``ORTHANC``.
     """
     work.mkdir(parents=True, exist_ok=True)
-    dicom_port, http_port = free_port(), free_port()
+    dicom_port, http_port = dicom_port or free_port(), free_port()
     config: dict[str, Any] = {
         "Name": "pacs-node-test",
         "StorageDirectory": str(work / "storage"),

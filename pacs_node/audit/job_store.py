@@ -16,10 +16,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, or_, select
+from sqlalchemy import Engine, and_, func, or_, select
 
 from pacs_node.audit.db import session_factory
-from pacs_node.audit.models import DeliveryAttempt, Job, JobState, JobStateChange, utcnow
+from pacs_node.audit.models import (
+    DeliveryAttempt,
+    Instance,
+    Job,
+    JobState,
+    JobStateChange,
+    Series,
+    Study,
+    utcnow,
+)
 from pacs_node.jobs.states import check_transition
 
 __all__ = ["DueJob", "JobStore", "Provenance"]
@@ -113,6 +122,11 @@ class JobStore:
                 return False
             if claiming and _held_by_other(job, owner, now):
                 return False
+            # Leaving a leased state as its holder: a holder whose lease was taken over
+            # (it stalled past expiry) must not overwrite its successor's work.
+            leaving = owner is not None and not claiming and current in _LEASED
+            if leaving and job.lease_owner != owner:
+                return False
             job.state = to_state
             job.updated_at = now
             if reason is not None:
@@ -148,6 +162,50 @@ class JobStore:
                 return False
             job.lease_expires_at = now + timedelta(seconds=lease_s)
             return True
+
+    def hold_off_send(self, job_id: int, until: datetime) -> None:
+        """Set when the reconciler may next publish a delivery (not a state change)."""
+        with self._sessions.begin() as s:
+            job = s.get(Job, job_id, with_for_update=True)
+            if job is not None:
+                job.next_send_at = until
+
+    def source_files(self, job_id: int) -> list[str]:
+        """Spool paths (relative) of the newest version of each instance of the job's series."""
+        newest = (
+            select(Instance.sop_instance_uid, func.max(Instance.version).label("version"))
+            .join(Job, Job.series_id == Instance.series_id)
+            .where(Job.id == job_id)
+            .group_by(Instance.sop_instance_uid)
+            .subquery()
+        )
+        query = (
+            select(Instance.spool_path)
+            .join(
+                newest,
+                and_(
+                    Instance.sop_instance_uid == newest.c.sop_instance_uid,
+                    Instance.version == newest.c.version,
+                ),
+            )
+            .order_by(Instance.sop_instance_uid)
+        )
+        with self._sessions() as s:
+            return list(s.scalars(query))
+
+    def jobs_of_study(self, study_instance_uid: str) -> list[Job]:
+        """Detached copies of every job of one study, oldest first."""
+        query = (
+            select(Job)
+            .join(Series, Series.id == Job.series_id)
+            .join(Study, Study.id == Series.study_id)
+            .where(Study.study_instance_uid == study_instance_uid)
+            .order_by(Job.id)
+        )
+        with self._sessions() as s:
+            found = list(s.scalars(query))
+            s.expunge_all()
+            return found
 
     def get(self, job_id: int) -> Job:
         """A detached copy of the job row."""

@@ -116,6 +116,13 @@ def list_rows(
                 "reason": job.reason,
                 "created_at": _iso(job.created_at),
                 "updated_at": _iso(job.updated_at),
+                "model_name": job.model_name,
+                "model_version": job.model_version,
+                "model_sha256": job.model_sha256,
+                "worker_host": job.worker_host,
+                "device": job.device,
+                "qc_passed": job.qc_passed,
+                "send_attempts": job.send_attempts,
             }
             for job, series_uid, modality, count in session.execute(_jobs(since, state))
         ]
