@@ -10,10 +10,12 @@ from typing import Any
 import psycopg
 import pydicom
 import pytest
+from models import write_tiny_checkpoint
 from nodeharness import Node, free_port, write_config
 from sqlalchemy import Engine
 
 from pacs_node.audit.db import make_engine, upgrade
+from pacs_node.synth import write_synthetic_scans
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -120,3 +122,26 @@ def node_factory(tmp_path: Path) -> Iterator[NodeFactory]:
     yield build
     for node in nodes:
         node.stop()
+
+
+# Pipeline tests: tiny models built in code and one synthetic rapid scan.
+
+
+@pytest.fixture(scope="session")
+def keeping_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny cascade with zero weights: the identity in VST units, so QC passes."""
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("m") / "keep.safetensors", scale=0.0)
+
+
+@pytest.fixture(scope="session")
+def random_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny cascade with random weights: it adds ~12 % counts, so QC fails."""
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("m") / "random.safetensors")
+
+
+@pytest.fixture(scope="session")
+def rapid_scan(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    [scan] = write_synthetic_scans(
+        tmp_path_factory.mktemp("scan"), count=1, seed=21, speed_cm_min=40
+    )
+    return scan

@@ -141,3 +141,27 @@ def test_deliveries_keep_every_status(engine: Engine) -> None:
         row = conn.execute(select(DeliveryAttempt)).one()
     assert (row.instances_sent, row.instances_failed, row.delivered) == (2, 1, False)
     assert "0xA700" in row.statuses and "0x0000" in row.statuses
+
+
+def test_after_a_broker_restart_published_deliveries_are_due_but_backoffs_wait(
+    engine: Engine,
+) -> None:
+    _, jobs, job = new_job(engine)
+    now = utcnow()
+    jobs.move(job, S.QUEUED, expect=[S.PENDING], actor="d", now=now)
+    jobs.move(job, S.ENHANCING, expect=[S.QUEUED], actor="w", owner="w", lease_s=60, now=now)
+    held = now + timedelta(minutes=5)
+    jobs.move(job, S.ENHANCED, expect=[S.ENHANCING], actor="w", changes={"next_send_at": held})
+    assert jobs.due(now=now) == []
+    assert [d.why for d in jobs.due(now=now, ignore_hold_off=True)] == ["delivery due"]
+    # A delivery that failed keeps its back-off even then.
+    jobs.move(job, S.SENDING, expect=[S.ENHANCED], actor="s", owner="s", lease_s=60)
+    jobs.move(
+        job,
+        S.ENHANCED,
+        expect=[S.SENDING],
+        actor="s",
+        owner="s",
+        changes={"next_send_at": held, "send_attempts": 1},
+    )
+    assert jobs.due(now=now, ignore_hold_off=True) == []

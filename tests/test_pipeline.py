@@ -16,39 +16,17 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
-from models import write_tiny_checkpoint
 from nodeharness import Node, free_port, running, storescu, wait_for
 from orthanc import AE_TITLE, HOST, Orthanc, running_orthanc
 from pydicom import dcmread
 
 from enhancer.runtime import Enhancer
-from pacs_node.synth import write_synthetic_scans
 
 pytestmark = pytest.mark.slow
 
 NodeFactory = Callable[..., Node]
 REDIS_URL = "redis://127.0.0.1:6379/7"  # a database of the local server the tests own
 REFUSE_ALL = "function ReceivedInstanceFilter(dicom, origin, info)\n  error('full')\nend\n"
-
-
-@pytest.fixture(scope="module")
-def keeping_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny cascade with zero weights: the identity in VST units, so QC passes."""
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("m") / "keep.safetensors", scale=0.0)
-
-
-@pytest.fixture(scope="module")
-def random_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny cascade with random weights: it adds ~12 % counts, so QC fails."""
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("m") / "random.safetensors")
-
-
-@pytest.fixture(scope="module")
-def rapid_scan(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    [scan] = write_synthetic_scans(
-        tmp_path_factory.mktemp("scan"), count=1, seed=21, speed_cm_min=40
-    )
-    return scan
 
 
 def pipeline_node(

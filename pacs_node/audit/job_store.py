@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, or_, select
+from sqlalchemy import Engine, and_, func, literal, or_, select
 
 from pacs_node.audit.db import session_factory
 from pacs_node.audit.models import (
@@ -216,13 +216,21 @@ class JobStore:
             s.expunge(job)
             return job
 
-    def due(self, *, now: datetime | None = None, queued_grace_s: float = 300.0) -> list[DueJob]:
+    def due(
+        self,
+        *,
+        now: datetime | None = None,
+        queued_grace_s: float = 300.0,
+        ignore_hold_off: bool = False,
+    ) -> list[DueJob]:
         """Jobs stuck short of a terminal state, for the reconciler to hand on.
 
         ``pending`` jobs (never published, e.g. the node stopped after the commit);
         ``queued`` ones older than ``queued_grace_s`` (a lost broker message);
         ``enhancing`` and ``sending`` ones whose lease expired (a dead worker); and
-        ``enhanced`` ones whose next delivery is due.
+        ``enhanced`` ones whose next delivery is due. ``ignore_hold_off`` also returns
+        every ``enhanced`` job whose delivery was published but not yet tried (after the
+        broker lost its messages); failed deliveries keep their back-off.
         """
         now = now or utcnow()
         queued_before = now - timedelta(seconds=queued_grace_s)
@@ -236,7 +244,11 @@ class JobStore:
                     and_(state.in_(list(_LEASED)), Job.lease_expires_at <= now),
                     and_(
                         state == JobState.ENHANCED,
-                        or_(Job.next_send_at.is_(None), Job.next_send_at <= now),
+                        or_(
+                            Job.next_send_at.is_(None),
+                            Job.next_send_at <= now,
+                            and_(Job.send_attempts == 0, literal(ignore_hold_off)),
+                        ),
                     ),
                 )
             )

@@ -80,6 +80,10 @@ class EmbeddedBroker:
         self.stop()
         raise BrokerError(f"the embedded redis-server did not answer within {timeout_s:.0f} s")
 
+    def running(self) -> bool:
+        """True while the server process is alive."""
+        return self.proc is not None and self.proc.poll() is None
+
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL after 10 s)."""
         if self.proc is None or self.proc.poll() is not None:

@@ -23,6 +23,7 @@ from pacs_node.audit.models import JobState, utcnow
 from pacs_node.config import Settings
 from pacs_node.derived import OutputKind
 from pacs_node.pipeline.context import WorkerContext
+from pacs_node.pipeline.heartbeat import Heartbeat
 
 __all__ = ["load_enhancer", "run_enhancement"]
 
@@ -63,21 +64,27 @@ def run_enhancement(ctx: WorkerContext, job_id: int) -> bool:
     from enhancer.local import EnhanceFileError, enhance_file
 
     final = ctx.derived_dir / str(job_id)
-    partial = ctx.derived_dir / f"{job_id}.partial"
-    try:
-        enhancer = ctx.enhancer(load_enhancer)
-        sources = [ctx.spool_dir / path for path in jobs.source_files(job_id)]
-        if not sources:
-            raise EnhanceFileError(f"job {job_id} has no stored instances")
+    # Per holder: a worker that lost its lease cannot clobber its successor's files.
+    partial = ctx.derived_dir / f"{job_id}.{owner.replace(':', '-')}.partial"
+    with Heartbeat(jobs, job_id, owner, lease) as beat:
+        try:
+            enhancer = ctx.enhancer(load_enhancer)
+            sources = [ctx.spool_dir / path for path in jobs.source_files(job_id)]
+            if not sources:
+                raise EnhanceFileError(f"job {job_id} has no stored instances")
+            shutil.rmtree(partial, ignore_errors=True)
+            kind = OutputKind(ctx.settings.pipeline.output_kind)
+            results = [enhance_file(enhancer, path, partial, kind=kind).result for path in sources]
+        except EnhanceFileError as exc:
+            shutil.rmtree(partial, ignore_errors=True)
+            jobs.move(
+                job_id, S.FAILED, expect=[S.ENHANCING], actor=actor, owner=owner, reason=str(exc)
+            )
+            return True
+    if beat.lost or not jobs.renew_lease(job_id, owner, lease):
+        logger.warning("job %d: lease lost while enhancing; leaving it to its new holder", job_id)
         shutil.rmtree(partial, ignore_errors=True)
-        kind = OutputKind(ctx.settings.pipeline.output_kind)
-        results = []
-        for path in sources:
-            results.append(enhance_file(enhancer, path, partial, kind=kind).result)
-            jobs.renew_lease(job_id, owner, lease)
-    except EnhanceFileError as exc:
-        jobs.move(job_id, S.FAILED, expect=[S.ENHANCING], actor=actor, owner=owner, reason=str(exc))
-        return True
+        return False
     shutil.rmtree(final, ignore_errors=True)
     partial.rename(final)
     first = results[0]

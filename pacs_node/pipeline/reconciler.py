@@ -40,11 +40,18 @@ def reconcile_once(
     queued_grace_s: float,
     can_send: bool,
     now: datetime | None = None,
+    broker_restarted: bool = False,
 ) -> int:
-    """One pass; returns how many jobs it handed on."""
+    """One pass; returns how many jobs it handed on.
+
+    ``broker_restarted``: the broker lost every message, so every ``queued`` job and every
+    published delivery is published again now rather than after the grace period.
+    """
     now = now or utcnow()
     handed = 0
-    for due in jobs.due(now=now, queued_grace_s=queued_grace_s):
+    grace = 0.0 if broker_restarted else queued_grace_s
+    due_jobs = jobs.due(now=now, queued_grace_s=grace, ignore_hold_off=broker_restarted)
+    for due in due_jobs:
         job, why = due.job_id, due.why
         if due.state is S.PENDING:
             moved = queue_new_job(jobs, publisher, job)

@@ -48,6 +48,7 @@ class PipelineRunner:
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
         self._died_at: dict[str, float] = {}
         self._next_reconcile = 0.0
+        self._broker_restarted = False
 
     @property
     def enabled(self) -> bool:
@@ -92,6 +93,12 @@ class PipelineRunner:
         if self.publisher is None:
             return
         now = time.monotonic()
+        if self.broker is not None and not self.broker.running():
+            # Messages in it are gone; the jobs are not: the reconciler re-publishes them.
+            logger.error("the embedded broker exited; starting it again")
+            self.broker.start()
+            self._broker_restarted = True
+            self._next_reconcile = now
         for queue, worker in list(self.workers.items()):
             if worker.poll() is None:
                 continue
@@ -108,7 +115,9 @@ class PipelineRunner:
                 self.publisher,
                 queued_grace_s=self.settings.pipeline.queued_grace_s,
                 can_send=bool(self.settings.delivery.destinations),
+                broker_restarted=self._broker_restarted,
             )
+            self._broker_restarted = False
 
     def stop(self) -> None:
         for worker in self.workers.values():

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+from pathlib import Path
 
 from pacs_node.audit.models import JobState, utcnow
 from pacs_node.pipeline.context import WorkerContext
 from pacs_node.pipeline.enhance_service import derived_files
-from pacs_node.sender import store_files
+from pacs_node.pipeline.heartbeat import Heartbeat
+from pacs_node.sender import Destination, store_files
 
 __all__ = ["deliver"]
 
@@ -53,29 +55,8 @@ def deliver(ctx: WorkerContext, job_id: int) -> bool:
         reason = f"no derived files in {job.output_dir!r}; re-run with jobs retry"
         jobs.move(job_id, S.FAILED, expect=[S.SENDING], actor=actor, owner=owner, reason=reason)
         return True
-    timeouts = ctx.settings.timeouts
-    problems = []
-    for destination in destinations:
-        started = utcnow()
-        report = store_files(
-            destination,
-            files,
-            calling_ae=ctx.settings.node.ae_title,
-            acse_timeout=timeouts.acse,
-            dimse_timeout=timeouts.dimse,
-            network_timeout=timeouts.network,
-        )
-        jobs.record_delivery(
-            job_id,
-            destination=destination.name,
-            started_at=started,
-            delivered=report.delivered,
-            statuses=[f"{r.sop_instance_uid} {r.reason}" for r in report.results],
-            failed=len(report.failures),
-            reason=report.reason(),
-        )
-        if not report.delivered:
-            problems.append(report.reason())
+    with Heartbeat(jobs, job_id, owner, ctx.settings.pipeline.lease_s):
+        problems = _send_everywhere(ctx, job_id, destinations, files)
     attempts = job.send_attempts + 1
     if not problems:
         return jobs.move(
@@ -88,6 +69,36 @@ def deliver(ctx: WorkerContext, job_id: int) -> bool:
             changes={"send_attempts": attempts, "next_send_at": None},
         )
     return _retry_or_fail(ctx, job_id, attempts, job.first_send_failure_at, "; ".join(problems))
+
+
+def _send_everywhere(
+    ctx: WorkerContext, job_id: int, destinations: list[Destination], files: list[Path]
+) -> list[str]:
+    """C-STORE to each destination, recording every attempt; the reasons of those that failed."""
+    timeouts = ctx.settings.timeouts
+    problems = []
+    for destination in destinations:
+        started = utcnow()
+        report = store_files(
+            destination,
+            files,
+            calling_ae=ctx.settings.node.ae_title,
+            acse_timeout=timeouts.acse,
+            dimse_timeout=timeouts.dimse,
+            network_timeout=timeouts.network,
+        )
+        ctx.jobs.record_delivery(
+            job_id,
+            destination=destination.name,
+            started_at=started,
+            delivered=report.delivered,
+            statuses=[f"{r.sop_instance_uid} {r.reason}" for r in report.results],
+            failed=len(report.failures),
+            reason=report.reason(),
+        )
+        if not report.delivered:
+            problems.append(report.reason())
+    return problems
 
 
 def _retry_or_fail(
