@@ -286,6 +286,8 @@ class PipelineSettings(_Section):
     reconcile_interval_s: float = Field(10.0, gt=0)
     #: ``serve`` starts its own workers (one machine); false when workers run elsewhere.
     local_workers: bool = True
+    #: Prefork children of the local enhance worker (one per GPU; CPU cores allowing).
+    local_enhance_concurrency: int = Field(1, ge=1, le=64)
     #: The model: a checkpoint path, or the default model shipped in the package.
     checkpoint: Path | None = None
     profile: str = Field("fast", pattern=r"^(fast|cascade)$")

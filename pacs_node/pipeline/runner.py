@@ -71,6 +71,8 @@ class PipelineRunner:
 
     def _start_worker(self, queue: str) -> None:
         command = [sys.executable, "-m", "pacs_node.cli", "worker", "--queues", queue]
+        if queue == ENHANCE_QUEUE:
+            command += ["--concurrency", str(self.settings.pipeline.local_enhance_concurrency)]
         if self.config_path is not None:
             command += ["--config", str(self.config_path)]
         env = os.environ | {
