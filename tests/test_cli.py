@@ -35,7 +35,9 @@ def test_pacs_node_package_never_imports_torch() -> None:
             offenders += [f"{path}: {n}" for n in names if n.split(".")[0] in ("torch", "enhancer")]
     assert offenders == []
     code = (
-        "import sys, pacs_node.cli, pacs_node.serve, pacs_node.synth; print('torch' in sys.modules)"
+        "import sys, pacs_node.cli, pacs_node.serve, pacs_node.synth, pacs_node.pipeline.tasks, "
+        "pacs_node.pipeline.enhance_service, pacs_node.pipeline.send_service; "
+        "print('torch' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "False"
