@@ -141,6 +141,9 @@ def save_checkpoint(
     }
     weights.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(weights), metadata={"name": name, "version": version})
+    # safetensors creates the file 0600; weights are no secret, and a node running as
+    # another user (or a package built from them) must read them.
+    weights.chmod(0o644)
     card = ModelCard(
         name=name,
         version=version,

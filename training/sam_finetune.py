@@ -424,6 +424,7 @@ def _save(options: FinetuneOptions, sam: Sam, metrics: dict[str, Any]) -> Finetu
     weights = out / "sam.safetensors"
     state = {k: v.detach().to("cpu", torch.float32) for k, v in sam.state_dict().items()}
     save_file({k: v.contiguous() for k, v in state.items()}, str(weights))
+    weights.chmod(0o644)  # safetensors creates it 0600; other users load it
     sha256, ckpt, final = _sha256(weights), options.sam_checkpoint, metrics["val"][-1]
     card = {
         "name": options.name,
