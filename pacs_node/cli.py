@@ -122,6 +122,17 @@ _TABLE_COLUMNS = {
     ),
     "jobs": ("id", "created_at", "series_instance_uid", "state", "rule_name", "reason"),
     "events": ("id", "at", "state", "status", "association_id", "sop_instance_uid", "reason"),
+    "transitions": ("id", "at", "job_id", "from_state", "state", "actor", "reason"),
+    "deliveries": (
+        "id",
+        "started_at",
+        "job_id",
+        "destination",
+        "state",
+        "instances_sent",
+        "instances_failed",
+        "reason",
+    ),
 }
 
 

@@ -143,7 +143,7 @@ def test_bad_inputs_are_named_in_one_line(
     assert re.search(message, result.stderr), result.stderr
 
 
-def test_a_missing_checkpoint_or_default_model_is_a_clear_error(
+def test_a_missing_checkpoint_is_a_clear_error(
     rapid_scans: list[Path], tmp_path: Path
 ) -> None:
     result = run(
@@ -151,10 +151,6 @@ def test_a_missing_checkpoint_or_default_model_is_a_clear_error(
     )
     assert result.returncode == 2
     assert "no such checkpoint file" in result.stderr and "Traceback" not in result.stderr
-    result = run("enhance", str(rapid_scans[0]), "-o", str(tmp_path))
-    if not (Path(__file__).parents[1] / "enhancer" / "weights" / "default.safetensors").exists():
-        assert result.returncode == 2
-        assert "no default model is shipped" in result.stderr
 
 
 def _write(path: Path, data: bytes) -> Path:

@@ -34,3 +34,8 @@ def test_wheel_carries_the_migrations_and_type_marker(tmp_path: Path) -> None:
     assert expected <= names, sorted(expected - names)
     assert "pacs_node/py.typed" in names
     assert "pacs_node/cli.py" in names
+    # The default model, its card and its evaluation report.
+    shipped = ROOT / "enhancer" / "weights"
+    weights = {f"enhancer/weights/{p.name}" for p in shipped.iterdir() if p.is_file()}
+    assert "enhancer/weights/default.safetensors" in weights
+    assert weights <= names, sorted(weights - names)

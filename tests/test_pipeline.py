@@ -128,6 +128,20 @@ def test_a_rapid_scan_comes_back_to_pacs_enhanced_and_labelled(
             assert job["model_name"] == "tiny-test" and job["qc_passed"] is True
             assert job["device"] == "cpu" and len(job["model_sha256"]) == 64
             check_delivered(pacs, rapid_scan, keeping_model, tmp_path)
+            path = [(t["from_state"], t["state"]) for t in node.audit("transitions")]
+            assert path == [
+                (None, "pending"),
+                ("pending", "queued"),
+                ("queued", "enhancing"),
+                ("enhancing", "enhanced"),
+                ("enhanced", "sending"),
+                ("sending", "sent"),
+            ]
+            enhanced = node.audit("transitions", "--state", "enhanced")[0]
+            assert enhanced["model_sha256"] == job["model_sha256"] and enhanced["worker_host"]
+            [delivery] = node.audit("deliveries")
+            assert delivery["state"] == "delivered" and delivery["instances_failed"] == 0
+            assert all(" 0x0000 Success" in line for line in delivery["statuses"])
             # The same scan again: acknowledged, no second job, nothing new in PACS.
             assert storescu(node, rapid_scan).returncode == 0
             assert len(node.audit("jobs")) == 1
@@ -179,5 +193,8 @@ def test_a_pacs_that_refuses_fails_the_job_with_its_status_after_the_retries(
         with running(node):
             assert storescu(node, rapid_scan).returncode == 0
             job = job_in(node, "failed", "sent")
+        deliveries = node.audit("deliveries")
     assert job["state"] == "failed"
     assert "gave up after" in job["reason"] and "0xA700" in job["reason"], job
+    assert len(deliveries) >= 2 and all(d["state"] == "failed" for d in deliveries)
+    assert all("0xA700 Refused: Out of Resources" in d["statuses"][0] for d in deliveries)

@@ -8,11 +8,20 @@ from typing import Any
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
-from pacs_node.audit.models import Association, Instance, Job, Series, StoreEvent, Study
+from pacs_node.audit.models import (
+    Association,
+    DeliveryAttempt,
+    Instance,
+    Job,
+    JobStateChange,
+    Series,
+    StoreEvent,
+    Study,
+)
 
 _Query = Select[*tuple[Any, ...]]
 
-AUDIT_VIEWS = ("associations", "instances", "jobs", "events")
+AUDIT_VIEWS = ("associations", "instances", "jobs", "events", "transitions", "deliveries")
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -146,4 +155,47 @@ def list_rows(
             }
             for e in session.scalars(query)
         ]
+    if view == "transitions":
+        changes = select(JobStateChange).order_by(JobStateChange.id)
+        if since is not None:
+            changes = changes.where(JobStateChange.at >= since)
+        if state is not None:
+            changes = changes.where(JobStateChange.to_state == state)
+        return [
+            {
+                "id": c.id,
+                "job_id": c.job_id,
+                "at": _iso(c.at),
+                "from_state": c.from_state,
+                "state": c.to_state,
+                "actor": c.actor,
+                "reason": c.reason,
+                "worker_host": c.worker_host,
+                "device": c.device,
+                "model_name": c.model_name,
+                "model_version": c.model_version,
+                "model_sha256": c.model_sha256,
+            }
+            for c in session.scalars(changes)
+        ]
+    if view == "deliveries":
+        attempts = select(DeliveryAttempt).order_by(DeliveryAttempt.id)
+        if since is not None:
+            attempts = attempts.where(DeliveryAttempt.started_at >= since)
+        rows = [
+            {
+                "id": d.id,
+                "job_id": d.job_id,
+                "destination": d.destination,
+                "started_at": _iso(d.started_at),
+                "ended_at": _iso(d.ended_at),
+                "state": "delivered" if d.delivered else "failed",
+                "instances_sent": d.instances_sent,
+                "instances_failed": d.instances_failed,
+                "statuses": d.statuses.splitlines(),
+                "reason": d.reason,
+            }
+            for d in session.scalars(attempts)
+        ]
+        return [r for r in rows if state is None or r["state"] == state]
     raise ValueError(f"unknown audit view {view!r}; choose from {', '.join(AUDIT_VIEWS)}")
