@@ -143,9 +143,7 @@ def test_bad_inputs_are_named_in_one_line(
     assert re.search(message, result.stderr), result.stderr
 
 
-def test_a_missing_checkpoint_is_a_clear_error(
-    rapid_scans: list[Path], tmp_path: Path
-) -> None:
+def test_a_missing_checkpoint_is_a_clear_error(rapid_scans: list[Path], tmp_path: Path) -> None:
     result = run(
         "enhance", str(rapid_scans[0]), "-o", str(tmp_path), "--checkpoint", str(tmp_path / "x")
     )
