@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -383,8 +382,3 @@ def _describe(options: TrainingOptions) -> str:
     if options.model.sam_weights is not None:
         parts.append(f"SAM prior: {Path(options.model.sam_weights).name}")
     return "; ".join(parts)
-
-
-def count_parameters(module: nn.Module) -> int:
-    """Trainable parameters (for logs)."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)

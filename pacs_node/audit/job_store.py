@@ -27,6 +27,7 @@ from pacs_node.audit.models import (
     JobStateChange,
     Series,
     Study,
+    as_utc,
     utcnow,
 )
 from pacs_node.jobs.states import check_transition
@@ -298,7 +299,4 @@ class JobStore:
 def _held_by_other(job: Job, owner: str | None, now: datetime) -> bool:
     if job.lease_owner is None or job.lease_owner == owner or job.lease_expires_at is None:
         return False
-    expires = job.lease_expires_at
-    if expires.tzinfo is None:  # SQLite returns naive UTC timestamps
-        expires = expires.replace(tzinfo=now.tzinfo)
-    return expires > now
+    return as_utc(job.lease_expires_at) > now

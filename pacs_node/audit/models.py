@@ -29,6 +29,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(value: datetime) -> datetime:
+    """A timestamp read back from the audit DB, time-zone aware (SQLite returns naive UTC)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
 class AssociationOutcome(StrEnum):
     """How an association ended."""
 

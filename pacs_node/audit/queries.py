@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Select, select
@@ -17,6 +17,7 @@ from pacs_node.audit.models import (
     Series,
     StoreEvent,
     Study,
+    as_utc,
 )
 
 _Query = Select[*tuple[Any, ...]]
@@ -27,9 +28,7 @@ AUDIT_VIEWS = ("associations", "instances", "jobs", "events", "transitions", "de
 def _iso(value: datetime | None) -> str | None:
     if value is None:
         return None
-    if value.tzinfo is None:  # SQLite returns naive datetimes; the node stores UTC
-        value = value.replace(tzinfo=UTC)
-    return value.isoformat(timespec="milliseconds")
+    return as_utc(value).isoformat(timespec="milliseconds")
 
 
 def _associations(since: datetime | None, state: str | None) -> _Query:

@@ -13,7 +13,7 @@ import logging
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pacs_node.audit.models import JobState, utcnow
+from pacs_node.audit.models import JobState, as_utc, utcnow
 from pacs_node.pipeline.context import WorkerContext
 from pacs_node.pipeline.enhance_service import derived_files
 from pacs_node.pipeline.heartbeat import Heartbeat
@@ -109,9 +109,7 @@ def _retry_or_fail(
     reason: str,
 ) -> bool:
     now = utcnow()
-    if first_failure is not None and first_failure.tzinfo is None:
-        first_failure = first_failure.replace(tzinfo=UTC)  # SQLite keeps naive UTC
-    first = first_failure or now
+    first = as_utc(first_failure) if first_failure is not None else now
     at = ctx.retry_policy().next_attempt_at(
         first_failure_at=first.timestamp(), now=now.timestamp(), failures=attempts, rng=ctx.rng
     )
