@@ -133,6 +133,17 @@ _TABLE_COLUMNS = {
         "instances_failed",
         "reason",
     ),
+    "commitments": (
+        "id",
+        "requested_at",
+        "job_id",
+        "destination",
+        "state",
+        "instances",
+        "committed",
+        "failed",
+        "reason",
+    ),
 }
 
 

@@ -230,6 +230,10 @@ class DestinationSettings(_Section):
     host: str = Field(min_length=1)
     port: int = Field(ge=1, le=65535)
     tls: bool = False
+    #: Ask this PACS for Storage Commitment after each delivery (PS3.4 Annex J). Its AE
+    #: title may then associate with the receiver to report, allowed list or not; add this
+    #: node to the PACS's known modalities so it knows where to send the report.
+    storage_commitment: bool = False
     #: TLS: the CA that signed the PACS's certificate (system CAs when absent) and, for
     #: PACSs that want a client certificate, ours.
     ca_certificate: Path | None = None
@@ -258,6 +262,8 @@ class DeliverySettings(_Section):
     initial_backoff_s: float = Field(10.0, gt=0)
     max_backoff_s: float = Field(900.0, gt=0)
     jitter: float = Field(0.25, ge=0, lt=1)
+    #: A Storage Commitment request with no N-EVENT-REPORT after this long is ``unanswered``.
+    commitment_timeout_hours: float = Field(24.0, gt=0, le=24 * 14)
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

@@ -24,6 +24,7 @@ from pathlib import Path
 from types import FrameType
 
 from pacs_node.audit.db import make_engine, upgrade
+from pacs_node.audit.commitment_store import CommitmentStore
 from pacs_node.audit.job_store import JobStore
 from pacs_node.audit.store import AuditStore
 from pacs_node.config import Settings
@@ -105,7 +106,10 @@ class Supervisor:
             raise StartupError(f"audit database: {type(exc).__name__}: {exc}") from None
         self.audit = AuditStore(make_engine(self.settings.database_url))
         self.pipeline = PipelineRunner(
-            self.settings, JobStore(self.audit.engine), config_path=self.config_path
+            self.settings,
+            JobStore(self.audit.engine),
+            commitments=CommitmentStore(self.audit.engine),
+            config_path=self.config_path,
         )
         interrupted = self.audit.interrupt_open_associations()
         removed = spool.clear_incoming()

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psycopg
 import pydicom
 import pytest
@@ -15,6 +16,7 @@ from nodeharness import Node, free_port, write_config
 from sqlalchemy import Engine
 
 from pacs_node.audit.db import make_engine, upgrade
+from pacs_node.derived import ModelProvenance, OutputKind, build_derived_series, write_series
 from pacs_node.synth import write_synthetic_scans
 
 
@@ -145,3 +147,19 @@ def rapid_scan(tmp_path_factory: pytest.TempPathFactory) -> Path:
         tmp_path_factory.mktemp("scan"), count=1, seed=21, speed_cm_min=40
     )
     return scan
+
+
+@pytest.fixture(scope="session")
+def derived_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """A derived series of each SC kind (pixels: twice a rapid scan), ready to send."""
+    work = tmp_path_factory.mktemp("derived")
+    [scan] = write_synthetic_scans(work / "in", count=1, seed=11, speed_cm_min=40)
+    source = pydicom.dcmread(scan)
+    enhanced = (source.pixel_array.astype(np.uint32) * 2).clip(0, 65535).astype(np.uint16)
+    model = ModelProvenance(
+        name="cascade-small", version="0.1.0", sha256="cd34" * 16, profile="fast"
+    )
+    files = []
+    for kind in (OutputKind.MULTIFRAME_SC, OutputKind.SINGLE_FRAME_SC):
+        files += write_series(build_derived_series(source, enhanced, model, kind=kind), work / kind)
+    return files

@@ -62,6 +62,7 @@ def running_orthanc(
     lua: str | None = None,
     check_called_ae: bool = False,
     dicom_port: int | None = None,
+    modalities: dict[str, tuple[str, str, int]] | None = None,
 ) -> Iterator[Orthanc]:
     """Start Orthanc in ``work``; stop it (and wait) on exit.
 
@@ -71,6 +72,9 @@ def running_orthanc(
         A Lua script Orthanc runs (e.g. a ``ReceivedInstanceFilter`` that refuses).
     check_called_ae : bool
         Reject associations whose called AE title is not ``ORTHANC``.
+    modalities : dict, optional
+        Known peers, name → (AE title, host, port): Orthanc sends Storage Commitment
+        reports to these only.
     """
     work.mkdir(parents=True, exist_ok=True)
     dicom_port, http_port = dicom_port or free_port(), free_port()
@@ -87,6 +91,8 @@ def running_orthanc(
         "DicomCheckCalledAet": check_called_ae,
         "DicomAlwaysAllowStore": True,
     }
+    if modalities:
+        config["DicomModalities"] = {name: list(peer) for name, peer in modalities.items()}
     if lua is not None:
         script = work / "filter.lua"
         script.write_text(lua)

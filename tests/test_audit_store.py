@@ -64,7 +64,7 @@ def store(
 
 
 def test_migrations_run_from_empty_to_head(engine: Engine, database_url: str) -> None:
-    assert current_revision(database_url) == "0002"
+    assert current_revision(database_url) == "0003"
     with engine.connect() as conn:
         tables = ("association", "study", "series", "instance", "job", "job_state_change")
         for table in (*tables, "delivery_attempt"):

@@ -70,8 +70,8 @@ def test_db_upgrade_then_current_on_postgres(postgres_url: str, tmp_path: Path) 
     config.write_text(f'[audit]\ndatabase_url = "{postgres_url}"\n')
     upgraded = run("db", "upgrade", "--config", str(config))
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "revision 0002" in upgraded.stdout
-    assert "revision 0002" in run("db", "current", "--config", str(config)).stdout
+    assert "revision 0003" in upgraded.stdout
+    assert "revision 0003" in run("db", "current", "--config", str(config)).stdout
 
 
 def test_db_errors_name_the_problem(tmp_path: Path) -> None:

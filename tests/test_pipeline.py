@@ -37,10 +37,19 @@ def pipeline_node(
     broker_url: str = "embedded",
     database_url: str = "",
     delivery: dict[str, Any] | None = None,
+    commitment: bool = False,
+    security: dict[str, Any] | None = None,
 ) -> Node:
-    destination = {"name": "orthanc", "ae_title": AE_TITLE, "host": HOST, "port": pacs_port}
+    destination = {
+        "name": "orthanc",
+        "ae_title": AE_TITLE,
+        "host": HOST,
+        "port": pacs_port,
+        "storage_commitment": commitment,
+    }
     return node_factory(
         {
+            "security": security or {},
             "pipeline": {
                 "enabled": True,
                 "broker_url": broker_url,
@@ -198,3 +207,34 @@ def test_a_pacs_that_refuses_fails_the_job_with_its_status_after_the_retries(
     assert "gave up after" in job["reason"] and "0xA700" in job["reason"], job
     assert len(deliveries) >= 2 and all(d["state"] == "failed" for d in deliveries)
     assert all("0xA700 Refused: Out of Resources" in d["statuses"][0] for d in deliveries)
+
+
+def test_storage_commitment_is_asked_for_and_orthancs_report_is_recorded(
+    node_factory: NodeFactory, keeping_model: Path, rapid_scan: Path, tmp_path: Path
+) -> None:
+    pacs_port = free_port()
+    node = pipeline_node(
+        node_factory,
+        keeping_model,
+        pacs_port,
+        commitment=True,
+        # Orthanc is not on the camera list: it may still call back with its report.
+        security={"allowed_calling_ae_titles": ["GAMMA_CAM"]},
+    )
+    known = {"node": (node.ae_title, "127.0.0.1", node.port)}
+    with running_orthanc(tmp_path / "pacs", dicom_port=pacs_port, modalities=known) as pacs:
+        with running(node):
+            assert storescu(node, rapid_scan).returncode == 0
+            job = job_in(node, "sent", "failed")
+            assert job["state"] == "sent", job
+            [row] = wait_for(lambda: [c for c in node.audit("commitments") if c["reported_at"]], 60)
+            associations = node.audit("associations")
+        stored = pacs.instance_uids()
+    assert row["state"] == "committed", row
+    assert row["job_id"] == job["id"] and row["destination"] == "orthanc"
+    assert (row["instances"], row["committed"], row["failed"]) == (1, 1, 0)
+    assert row["reported_by"].startswith(f"{AE_TITLE}@127.0.0.1")
+    [report_association] = [a for a in associations if a["calling_ae"] == AE_TITLE]
+    assert report_association["state"] == "released"
+    assert "1 instance(s) committed" in report_association["reason"]
+    assert len(stored) == 1

@@ -5,13 +5,11 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-import numpy as np
 import pytest
 from nodeharness import free_port
 from orthanc import AE_TITLE, HOST, running_orthanc
 from pydicom import dcmread
 
-from pacs_node.derived import ModelProvenance, OutputKind, build_derived_series, write_series
 from pacs_node.sender import (
     Destination,
     RetryPolicy,
@@ -20,24 +18,10 @@ from pacs_node.sender import (
     describe_store_status,
     store_files,
 )
-from pacs_node.synth import write_synthetic_scans
 
-MODEL = ModelProvenance(name="cascade-small", version="0.1.0", sha256="cd34" * 16, profile="fast")
 # Orthanc 1.10 acknowledges an instance its filter merely drops (status 0x0000); a filter that
 # fails makes it refuse the C-STORE with a failure status.
 REFUSE_ALL = "function ReceivedInstanceFilter(dicom, origin, info)\n  error('full')\nend\n"
-
-
-@pytest.fixture(scope="module")
-def derived_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    work = tmp_path_factory.mktemp("derived")
-    [scan] = write_synthetic_scans(work / "in", count=1, seed=11, speed_cm_min=40)
-    source = dcmread(scan)
-    enhanced = (source.pixel_array.astype(np.uint32) * 2).clip(0, 65535).astype(np.uint16)
-    files = []
-    for kind in (OutputKind.MULTIFRAME_SC, OutputKind.SINGLE_FRAME_SC):
-        files += write_series(build_derived_series(source, enhanced, MODEL, kind=kind), work / kind)
-    return files
 
 
 def _destination(port: int, ae_title: str = AE_TITLE) -> Destination:

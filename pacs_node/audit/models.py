@@ -65,6 +65,17 @@ class JobState(StrEnum):
     FAILED = "failed"  #: gave up; an admin can re-run
 
 
+class CommitmentState(StrEnum):
+    """Where a Storage Commitment request stands (PS3.4 Annex J)."""
+
+    REQUESTING = "requesting"  #: row written, N-ACTION under way
+    REQUESTED = "requested"  #: the PACS accepted the N-ACTION; the report is awaited
+    REFUSED = "refused"  #: the PACS refused the N-ACTION (status or no context)
+    COMMITTED = "committed"  #: N-EVENT-REPORT: every instance committed
+    FAILED = "failed"  #: N-EVENT-REPORT: some instances not committed
+    UNANSWERED = "unanswered"  #: no report within the configured time
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(
         naming_convention={
@@ -246,3 +257,25 @@ class DeliveryAttempt(Base):
     #: Each instance's response, "UID 0xSTAT meaning" per line, so any status can be found.
     statuses: Mapped[str] = mapped_column(Text)
     reason: Mapped[str] = mapped_column(Text)
+
+
+class StorageCommitment(Base):
+    """One Storage Commitment request to one PACS for one delivery, and its result."""
+
+    __tablename__ = "storage_commitment"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("job.id"), index=True)
+    destination: Mapped[str] = mapped_column(String(64))
+    transaction_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    requested_at: Mapped[datetime] = mapped_column(_Timestamp, default=utcnow)
+    instances: Mapped[int] = mapped_column(Integer)
+    reported_at: Mapped[datetime | None] = mapped_column(_Timestamp)
+    #: Who sent the N-EVENT-REPORT ("AE@host") and what it said.
+    reported_by: Mapped[str | None] = mapped_column(String(128))
+    committed: Mapped[int | None] = mapped_column(Integer)
+    failed: Mapped[int | None] = mapped_column(Integer)
+    #: "UID 0xCODE meaning" per failed instance.
+    failures: Mapped[str | None] = mapped_column(Text)
+    reason: Mapped[str | None] = mapped_column(Text)

@@ -15,6 +15,7 @@ from pacs_node.audit.models import (
     Job,
     JobStateChange,
     Series,
+    StorageCommitment,
     StoreEvent,
     Study,
     as_utc,
@@ -22,7 +23,15 @@ from pacs_node.audit.models import (
 
 _Query = Select[*tuple[Any, ...]]
 
-AUDIT_VIEWS = ("associations", "instances", "jobs", "events", "transitions", "deliveries")
+AUDIT_VIEWS = (
+    "associations",
+    "instances",
+    "jobs",
+    "events",
+    "transitions",
+    "deliveries",
+    "commitments",
+)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -197,4 +206,28 @@ def list_rows(
             for d in session.scalars(attempts)
         ]
         return [r for r in rows if state is None or r["state"] == state]
+    if view == "commitments":
+        requests = select(StorageCommitment).order_by(StorageCommitment.id)
+        if since is not None:
+            requests = requests.where(StorageCommitment.requested_at >= since)
+        if state is not None:
+            requests = requests.where(StorageCommitment.state == state)
+        return [
+            {
+                "id": c.id,
+                "job_id": c.job_id,
+                "destination": c.destination,
+                "transaction_uid": c.transaction_uid,
+                "requested_at": _iso(c.requested_at),
+                "state": c.state,
+                "instances": c.instances,
+                "committed": c.committed,
+                "failed": c.failed,
+                "failures": c.failures.splitlines() if c.failures else [],
+                "reported_at": _iso(c.reported_at),
+                "reported_by": c.reported_by,
+                "reason": c.reason,
+            }
+            for c in session.scalars(requests)
+        ]
     raise ValueError(f"unknown audit view {view!r}; choose from {', '.join(AUDIT_VIEWS)}")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pacs_node.audit.commitment_store import CommitmentStore
 from pacs_node.audit.db import make_engine
 from pacs_node.audit.job_store import JobStore
 from pacs_node.config import DestinationSettings, Settings
@@ -34,7 +35,14 @@ def destination_from_settings(item: DestinationSettings) -> Destination:
         )
         if item.certificate is not None and item.private_key is not None:
             context.load_cert_chain(str(item.certificate), str(item.private_key))
-    return Destination(item.name, item.ae_title, item.host, item.port, tls=context)
+    return Destination(
+        item.name,
+        item.ae_title,
+        item.host,
+        item.port,
+        tls=context,
+        storage_commitment=item.storage_commitment,
+    )
 
 
 @dataclass
@@ -44,11 +52,14 @@ class WorkerContext:
     settings: Settings
     publisher: Publisher
     jobs: JobStore = field(init=False)
+    commitments: CommitmentStore = field(init=False)
     rng: random.Random = field(default_factory=random.Random)
     _enhancer: Any = None
 
     def __post_init__(self) -> None:
-        self.jobs = JobStore(make_engine(self.settings.database_url))
+        engine = make_engine(self.settings.database_url)
+        self.jobs = JobStore(engine)
+        self.commitments = CommitmentStore(engine)
 
     @property
     def owner(self) -> str:

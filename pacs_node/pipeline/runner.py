@@ -14,9 +14,12 @@ import os
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
+from pacs_node.audit.commitment_store import CommitmentStore
 from pacs_node.audit.job_store import JobStore
+from pacs_node.audit.models import utcnow
 from pacs_node.config import Settings
 from pacs_node.pipeline.broker import EmbeddedBroker
 from pacs_node.pipeline.celery_app import (
@@ -37,9 +40,17 @@ _WORKER_RESTART_S = 5.0
 class PipelineRunner:
     """Owns the embedded broker and the local worker; queues and reconciles jobs."""
 
-    def __init__(self, settings: Settings, jobs: JobStore, *, config_path: Path | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        jobs: JobStore,
+        *,
+        commitments: CommitmentStore,
+        config_path: Path | None,
+    ) -> None:
         self.settings = settings
         self.jobs = jobs
+        self.commitments = commitments
         self.config_path = config_path
         self.broker: EmbeddedBroker | None = None
         self.broker_url = settings.pipeline.broker_url
@@ -120,6 +131,10 @@ class PipelineRunner:
                 broker_restarted=self._broker_restarted,
             )
             self._broker_restarted = False
+            timeout = timedelta(hours=self.settings.delivery.commitment_timeout_hours)
+            expired = self.commitments.expire(utcnow() - timeout)
+            if expired:
+                logger.warning("%d storage commitment request(s) went unanswered", expired)
 
     def stop(self) -> None:
         for worker in self.workers.values():

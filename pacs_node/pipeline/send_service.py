@@ -1,10 +1,13 @@
 """The delivery step of a job: claim it, C-STORE its derived series to every PACS, decide.
 
 Every association and every response status is recorded (:class:`DeliveryAttempt`). All
-destinations stored everything: ``sent``. Otherwise the retry policy picks the next attempt
-and the job goes back to ``enhanced`` with ``next_send_at`` (the reconciler publishes it
-then), until the policy gives up and the job fails with the last reason. Derived UIDs are
-fixed by the source and the model, so a repeated delivery replaces and never duplicates.
+destinations stored everything: ``sent``; where a destination wants Storage Commitment the
+request is recorded too, and its result when the PACS reports it (the job stays ``sent``:
+C-STORE succeeded; a commitment failure is for an admin to resend). Otherwise the retry
+policy picks the next attempt and the job goes back to ``enhanced`` with ``next_send_at``
+(the reconciler publishes it then), until the policy gives up and the job fails with the
+last reason. Derived UIDs are fixed by the source and the model, so a repeated delivery
+replaces and never duplicates.
 """
 
 from __future__ import annotations
@@ -12,12 +15,18 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+from pydicom import Dataset
+from pydicom.uid import generate_uid
 
 from pacs_node.audit.models import JobState, as_utc, utcnow
 from pacs_node.pipeline.context import WorkerContext
 from pacs_node.pipeline.enhance_service import derived_files
 from pacs_node.pipeline.heartbeat import Heartbeat
+from pacs_node.receiver.commitment import handle_commitment_report
 from pacs_node.sender import Destination, store_files
+from pacs_node.sender.scu import CommitmentAsk
 
 __all__ = ["deliver"]
 
@@ -86,7 +95,15 @@ def _send_everywhere(
             acse_timeout=timeouts.acse,
             dimse_timeout=timeouts.dimse,
             network_timeout=timeouts.network,
+            commitment=_commitment_ask(ctx, job_id, destination),
         )
+        if report.commitment is not None:
+            answer = report.commitment
+            ctx.commitments.answered(
+                answer.transaction_uid, accepted=answer.accepted, reason=answer.reason
+            )
+            if not answer.accepted:
+                logger.warning("job %d: %s: %s", job_id, destination.name, answer.reason)
         ctx.jobs.record_delivery(
             job_id,
             destination=destination.name,
@@ -99,6 +116,28 @@ def _send_everywhere(
         if not report.delivered:
             problems.append(report.reason())
     return problems
+
+
+def _commitment_ask(
+    ctx: WorkerContext, job_id: int, destination: Destination
+) -> CommitmentAsk | None:
+    if not destination.storage_commitment:
+        return None
+    # A fresh UID per request: a PACS may refuse a Transaction UID it has seen (0x0131).
+    transaction_uid = str(generate_uid())
+
+    def record(instances: int) -> None:
+        ctx.commitments.open(
+            job_id,
+            destination=destination.name,
+            transaction_uid=transaction_uid,
+            instances=instances,
+        )
+
+    def on_report(event: Any) -> tuple[int, Dataset | None]:
+        return handle_commitment_report(ctx.commitments, event).status, None
+
+    return CommitmentAsk(transaction_uid, before_request=record, on_report=on_report)
 
 
 def _retry_or_fail(

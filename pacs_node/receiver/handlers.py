@@ -1,4 +1,5 @@
-"""pynetdicom event handlers: association audit, access control, C-ECHO and C-STORE.
+"""pynetdicom event handlers: association audit, access control, C-ECHO, C-STORE and the
+Storage Commitment reports PACSs send back.
 
 Thin by design: each handler turns an event into an audit call or an :class:`Ingest` call
 and a status. No exception reaches the peer.
@@ -15,15 +16,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+from pydicom import Dataset
 from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 from sqlalchemy.exc import SQLAlchemyError
 
+from pacs_node.audit.commitment_store import CommitmentStore
 from pacs_node.audit.models import AssociationOutcome
 from pacs_node.audit.store import AuditStore, PeerInfo
 from pacs_node.config import SecuritySettings
 from pacs_node.logs import current_association
+from pacs_node.receiver.commitment import handle_commitment_report
 from pacs_node.receiver.ingest import Ingest, StoreRequest
 from pacs_node.receiver.status import StoreStatus
 
@@ -43,10 +47,21 @@ _DIAGNOSTICS = {
 }
 
 
-def peer_refusal(security: SecuritySettings, calling_ae: str, host: str) -> str | None:
-    """Why a peer may not associate, or None when it may (pure)."""
+def peer_refusal(
+    security: SecuritySettings,
+    calling_ae: str,
+    host: str,
+    *,
+    commitment_peers: frozenset[str] = frozenset(),
+) -> str | None:
+    """Why a peer may not associate, or None when it may (pure).
+
+    ``commitment_peers``: AE titles of the PACSs asked for Storage Commitment, which call
+    back with the result and so may associate without being in the allowed list.
+    """
     allowed_aes = security.allowed_calling_ae_titles
-    if allowed_aes and calling_ae.strip() not in allowed_aes:
+    calling_ae = calling_ae.strip()
+    if allowed_aes and calling_ae not in allowed_aes and calling_ae not in commitment_peers:
         return f"calling AE title {calling_ae.strip()!r} is not in the allowed list"
     if security.allowed_networks:
         try:
@@ -67,6 +82,7 @@ class _AssociationState:
     instances: int = 0
     nbytes: int = 0
     rejected_contexts: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     ended: bool = False
 
 
@@ -74,12 +90,21 @@ class ReceiverHandlers:
     """The node's pynetdicom handlers, bound to one receiver process."""
 
     def __init__(
-        self, *, audit: AuditStore, ingest: Ingest, security: SecuritySettings, tls: bool
+        self,
+        *,
+        audit: AuditStore,
+        ingest: Ingest,
+        security: SecuritySettings,
+        tls: bool,
+        commitments: CommitmentStore | None = None,
+        commitment_peers: frozenset[str] = frozenset(),
     ) -> None:
         self.audit = audit
         self.ingest = ingest
         self.security = security
         self.tls = tls
+        self.commitments = commitments
+        self.commitment_peers = commitment_peers
         self._states: weakref.WeakKeyDictionary[Any, _AssociationState] = (
             weakref.WeakKeyDictionary()
         )
@@ -96,6 +121,7 @@ class ReceiverHandlers:
             (evt.EVT_CONN_CLOSE, self.on_closed),
             (evt.EVT_C_ECHO, self.on_c_echo),
             (evt.EVT_C_STORE, self.on_c_store),
+            (evt.EVT_N_EVENT_REPORT, self.on_n_event_report),
         ]
 
     # -- association life -----------------------------------------------------------------
@@ -123,7 +149,9 @@ class ReceiverHandlers:
         state = _AssociationState(audit_id=audit_id, calling_ae=calling_ae)
         with self._lock:
             self._states[assoc] = state
-        refusal = peer_refusal(self.security, calling_ae, peer.host)
+        refusal = peer_refusal(
+            self.security, calling_ae, peer.host, commitment_peers=self.commitment_peers
+        )
         if refusal is not None:
             logger.warning("rejecting association %d: %s", audit_id, refusal)
             assoc.acse.send_reject(*_REJECT_CALLING_AE)
@@ -163,9 +191,11 @@ class ReceiverHandlers:
         if state is None or state.ended:
             return
         state.ended = True
+        notes = list(state.notes)
         if state.rejected_contexts:
-            note = "presentation contexts rejected: " + ", ".join(state.rejected_contexts)
-            reason = f"{reason}; {note}" if reason else note
+            notes.append("presentation contexts rejected: " + ", ".join(state.rejected_contexts))
+        if notes:
+            reason = "; ".join([reason, *notes] if reason else notes)
         try:
             self.audit.end_association(
                 state.audit_id,
@@ -201,3 +231,14 @@ class ReceiverHandlers:
             state.instances += 1
             state.nbytes += result.stored_bytes
         return int(result.status)
+
+    def on_n_event_report(self, event: evt.Event) -> tuple[int, Dataset | None]:
+        state = self._state(event.assoc)
+        if self.commitments is None:
+            outcome_status, note = 0x0110, "storage commitment reports are not handled here"
+        else:
+            outcome = handle_commitment_report(self.commitments, event)
+            outcome_status, note = outcome.status, outcome.note
+        if state is not None:
+            state.notes.append(note)
+        return outcome_status, None

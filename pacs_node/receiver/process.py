@@ -13,6 +13,7 @@ from multiprocessing.connection import Connection
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from pacs_node.audit.commitment_store import CommitmentStore
 from pacs_node.audit.db import make_engine
 from pacs_node.audit.models import AssociationOutcome
 from pacs_node.audit.store import AuditStore, PeerInfo
@@ -72,7 +73,14 @@ def run_receiver(
         min_free_bytes=storage.min_free_disk_mb * 2**20,
     )
     handlers = ReceiverHandlers(
-        audit=audit, ingest=ingest, security=settings.security, tls=settings.tls.enabled
+        audit=audit,
+        ingest=ingest,
+        security=settings.security,
+        tls=settings.tls.enabled,
+        commitments=CommitmentStore(engine),
+        commitment_peers=frozenset(
+            d.ae_title for d in settings.delivery.destinations if d.storage_commitment
+        ),
     )
 
     def audit_tls_failure(host: str, port: int, reason: str) -> None:

@@ -21,7 +21,10 @@ from typing import Any, cast
 
 from pynetdicom import AE, _config
 from pynetdicom.presentation import AllStoragePresentationContexts
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StorageCommitmentPushModel,
+    Verification,
+)
 from pynetdicom.transport import ThreadedAssociationServer
 
 from pacs_node.config import Settings
@@ -130,6 +133,9 @@ def make_ae(settings: Settings) -> AE:
         if uid not in {str(cx.abstract_syntax) for cx in ae.supported_contexts}:
             ae.add_supported_context(uid, syntaxes)
     ae.add_supported_context(Verification, syntaxes)
+    # A PACS reporting a Storage Commitment result opens an association as the SOP class's
+    # SCP (PS3.4 J.3.3): accept that role and not the SCU one (we commit nothing).
+    ae.add_supported_context(StorageCommitmentPushModel, syntaxes, scu_role=False, scp_role=True)
     return ae
 
 
