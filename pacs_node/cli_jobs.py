@@ -7,6 +7,7 @@ the job's append-only log with the actor ``admin``; the node's reconciler then p
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -41,11 +42,16 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
             "(pacs-node serve passes its embedded broker to the workers it starts)"
         )
     app = make_celery(pipeline.broker_url, visibility_timeout_s=pipeline.visibility_timeout_s)
-    register_tasks(app, settings)
     # Enhancement: one prefork child per device, each loading the model once. Dispatch is
     # network I/O: threads.
     io_only = queues == [DISPATCH_QUEUE]
     concurrency = args.concurrency or (4 if io_only else 1)
+    if not io_only and not pipeline.torch_threads:
+        threads = max(1, len(os.sched_getaffinity(0)) // concurrency)
+        settings = settings.model_copy(
+            update={"pipeline": pipeline.model_copy(update={"torch_threads": threads})}
+        )
+    register_tasks(app, settings)
     argv = [
         "worker",
         "--queues", ",".join(queues),

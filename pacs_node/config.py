@@ -294,6 +294,9 @@ class PipelineSettings(_Section):
     local_workers: bool = True
     #: Prefork children of the local enhance worker (one per GPU; CPU cores allowing).
     local_enhance_concurrency: int = Field(1, ge=1, le=64)
+    #: CPU threads torch may use in each enhance process; 0: the machine's cores divided
+    #: among the worker's processes (several processes on all cores each slow each other).
+    torch_threads: int = Field(0, ge=0, le=256)
     #: The model: a checkpoint path, or the default model shipped in the package.
     checkpoint: Path | None = None
     profile: str = Field("fast", pattern=r"^(fast|cascade)$")

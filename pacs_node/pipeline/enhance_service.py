@@ -34,9 +34,13 @@ S = JobState
 
 def load_enhancer(settings: Settings) -> Any:
     """The configured model (a checkpoint, or the shipped default), loaded once."""
+    import torch
+
     from enhancer.runtime import Enhancer
 
     pipeline = settings.pipeline
+    if pipeline.torch_threads:
+        torch.set_num_threads(pipeline.torch_threads)
     if pipeline.checkpoint is not None:
         return Enhancer.from_checkpoint(
             pipeline.checkpoint, device=pipeline.device, profile=pipeline.profile

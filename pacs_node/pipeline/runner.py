@@ -21,7 +21,7 @@ from pacs_node.audit.commitment_store import CommitmentStore
 from pacs_node.audit.job_store import JobStore
 from pacs_node.audit.models import utcnow
 from pacs_node.config import Settings
-from pacs_node.pipeline.broker import EmbeddedBroker
+from pacs_node.pipeline.broker import BrokerWatch, EmbeddedBroker
 from pacs_node.pipeline.celery_app import (
     DISPATCH_QUEUE,
     ENHANCE_QUEUE,
@@ -60,6 +60,7 @@ class PipelineRunner:
         self._died_at: dict[str, float] = {}
         self._next_reconcile = 0.0
         self._broker_restarted = False
+        self._watch: BrokerWatch | None = None
 
     @property
     def enabled(self) -> bool:
@@ -76,6 +77,8 @@ class PipelineRunner:
             self.broker_url, visibility_timeout_s=self.settings.pipeline.visibility_timeout_s
         )
         self.publisher = Publisher(app)
+        self._watch = BrokerWatch(self.broker_url)
+        self._watch.restarted()  # learn its run_id
         if self.settings.pipeline.local_workers:
             for queue in (ENHANCE_QUEUE, DISPATCH_QUEUE):
                 self._start_worker(queue)
@@ -122,6 +125,8 @@ class PipelineRunner:
                 del self._died_at[queue]
                 self._start_worker(queue)
         if now >= self._next_reconcile:
+            if self._watch is not None and self._watch.restarted():
+                self._broker_restarted = True
             self._next_reconcile = now + self.settings.pipeline.reconcile_interval_s
             reconcile_once(
                 self.jobs,
