@@ -93,17 +93,20 @@ def wait_for_derived(pacs: Orthanc, study_uids: list[str], timeout: float) -> di
     return seen
 
 
-def warm_up(node: Node, pacs: Orthanc, scan: Path) -> None:
-    """One study first, so the workers have loaded the model before anything is timed."""
-    send(node, scan)
-    wait_for_derived(pacs, [str(dcmread(scan, stop_before_pixels=True).StudyInstanceUID)], 300)
+def warm_up(node: Node, pacs: Orthanc, scans: list[Path]) -> None:
+    """A study per enhance process first, back to back so each process gets one and has
+    loaded the model before anything is timed."""
+    for scan in scans:
+        send(node, scan)
+    uids = [str(dcmread(s, stop_before_pixels=True).StudyInstanceUID) for s in scans]
+    wait_for_derived(pacs, uids, 300)
 
 
 def latency_run(work: Path, scans: list[Path], quiet_period: float) -> list[float]:
     with running_orthanc(work / "pacs") as pacs:
         node = make_node(work / "node", pacs.dicom_port, quiet_period=quiet_period, workers=1)
         with running(node):
-            warm_up(node, pacs, scans[0])
+            warm_up(node, pacs, scans[:1])
             latencies = []
             for scan in scans[1:]:
                 uid = str(dcmread(scan, stop_before_pixels=True).StudyInstanceUID)
@@ -120,8 +123,8 @@ def throughput_run(
     with running_orthanc(work / "pacs") as pacs:
         node = make_node(work / "node", pacs.dicom_port, quiet_period=quiet_period, workers=workers)
         with running(node):
-            warm_up(node, pacs, scans[0])
-            burst = scans[1:]
+            warm_up(node, pacs, scans[:workers])
+            burst = scans[workers:]
             uids = [str(dcmread(s, stop_before_pixels=True).StudyInstanceUID) for s in burst]
             first = time.monotonic()
             for scan in burst:
@@ -148,11 +151,12 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         work = Path(tmp)
-        count = max(args.studies, args.burst) + 1
+        most = max(args.workers)
+        count = max(args.studies + 1, args.burst + most)
         scans = write_synthetic_scans(work / "scans", count=count, seed=77, speed_cm_min=40)
         latencies = latency_run(work / "latency", scans[: args.studies + 1], args.quiet_period)
         rates = {
-            n: throughput_run(work / f"burst{n}", scans[: args.burst + 1], args.quiet_period, n)
+            n: throughput_run(work / f"burst{n}", scans[: args.burst + n], args.quiet_period, n)
             for n in args.workers
         }
     median, high = statistics.median(latencies), p95(latencies)
