@@ -27,6 +27,11 @@ class CliError(Exception):
     """A command that cannot run; the message says why (exit status 2)."""
 
 
+def torch_threads_per_process(cores: int, processes: int) -> int:
+    """The cores shared out among the enhance processes, at least one each."""
+    return max(1, cores // max(1, processes))
+
+
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from pacs_node.pipeline.celery_app import DISPATCH_QUEUE, make_celery
     from pacs_node.pipeline.tasks import register_tasks
@@ -47,7 +52,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     io_only = queues == [DISPATCH_QUEUE]
     concurrency = args.concurrency or (4 if io_only else 1)
     if not io_only and not pipeline.torch_threads:
-        threads = max(1, len(os.sched_getaffinity(0)) // concurrency)
+        threads = torch_threads_per_process(len(os.sched_getaffinity(0)), concurrency)
         settings = settings.model_copy(
             update={"pipeline": pipeline.model_copy(update={"torch_threads": threads})}
         )

@@ -93,3 +93,28 @@ def test_bad_requests_are_one_line_errors(tmp_path: Path) -> None:
     missing = jobs_cli(config, "retry", "99")
     assert missing.returncode == 2 and "no job 99" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_enhance_processes_share_the_cores_and_the_model_loader_applies_it(
+    tmp_path: Path, keeping_model: Path
+) -> None:
+    from pacs_node.cli_jobs import torch_threads_per_process
+
+    assert torch_threads_per_process(16, 4) == 4
+    assert torch_threads_per_process(2, 2) == 1
+    assert torch_threads_per_process(2, 4) == 1  # never zero
+    # In a fresh process, as a worker child would: the loader sets torch's thread count.
+    script = (
+        "import torch\n"
+        "from pacs_node.config import load_settings\n"
+        "from pacs_node.pipeline.enhance_service import load_enhancer\n"
+        "settings = load_settings(None, pipeline={'torch_threads': 1, 'device': 'cpu',"
+        f" 'checkpoint': {str(keeping_model)!r}}})\n"
+        "load_enhancer(settings)\n"
+        "print(torch.get_num_threads())\n"
+    )
+    done = subprocess.run(
+        [PACS_NODE[0], "-c", script], capture_output=True, text=True, cwd=tmp_path, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-1] == "1"
