@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -49,6 +50,7 @@ MAX_PDU = "131072"
 HOST = "127.0.0.1"
 STOP_TIMEOUT_S = 20.0
 READY_TIMEOUT_S = 90.0
+WORKER_QUEUES = ("enhance", "dispatch")  # the node's local Celery workers
 SEND_TIMEOUT_S = 600.0
 PACS_NODE = Path(sys.executable).with_name("pacs-node")
 
@@ -155,7 +157,12 @@ def dicom_echo(endpoint: Endpoint) -> bool:
 
 
 class PacsNodeReceiver:
-    """``pacs-node serve`` with a fresh data directory and a one-process-per-core receiver."""
+    """``pacs-node serve`` with a fresh data directory and a one-process-per-core receiver.
+
+    The whole node runs, enhancement pipeline included; timing starts once its local
+    workers are ready, as on a node that has been up for a while (their start-up, imports
+    of torch and Celery, takes seconds of both cores).
+    """
 
     count_while_running = False
 
@@ -185,9 +192,13 @@ class PacsNodeReceiver:
         proc = self.proc
 
         def ready() -> bool:
-            return alive_or_raise(proc, "pacs-node", log) and (
-                "pacs-node listening on" in log.read_text(errors="replace")
+            if not alive_or_raise(proc, "pacs-node", log):
+                return False
+            text = log.read_text(errors="replace")
+            workers_ready = all(
+                re.search(rf"pacs-node-{queue}@\S+ ready\.", text) for queue in WORKER_QUEUES
             )
+            return "pacs-node listening on" in text and workers_ready
 
         wait_for(ready, READY_TIMEOUT_S, "pacs-node")
         return Endpoint("PACS_NODE", port)
