@@ -40,7 +40,9 @@ class EmbeddedBroker:
     """
 
     def __init__(self, data_dir: Path) -> None:
-        self.directory = data_dir / "broker"
+        # Absolute: redis-server changes into --dir before it opens --logfile, so a relative
+        # data directory (the default ./data) would send it looking in the wrong place.
+        self.directory = data_dir.resolve() / "broker"
         self.socket = self.directory / "redis.sock"
         self.proc: subprocess.Popen[bytes] | None = None
 
