@@ -29,20 +29,19 @@ class CommitmentStore:
     def __init__(self, engine: Engine) -> None:
         self._sessions = session_factory(engine)
 
-    def open(self, job_id: int, *, destination: str, transaction_uid: str, instances: int) -> int:
-        """Record a request about to be sent; its row id."""
+    def open(self, job_id: int, *, destination: str, transaction_uid: str, instances: int) -> None:
+        """Record a request about to be sent."""
         with self._sessions.begin() as s:
-            row = StorageCommitment(
-                job_id=job_id,
-                destination=destination,
-                transaction_uid=transaction_uid,
-                state=C.REQUESTING,
-                requested_at=utcnow(),
-                instances=instances,
+            s.add(
+                StorageCommitment(
+                    job_id=job_id,
+                    destination=destination,
+                    transaction_uid=transaction_uid,
+                    state=C.REQUESTING,
+                    requested_at=utcnow(),
+                    instances=instances,
+                )
             )
-            s.add(row)
-            s.flush()
-            return row.id
 
     def answered(self, transaction_uid: str, *, accepted: bool, reason: str) -> None:
         """The PACS's answer to the N-ACTION (a report that came first is kept)."""

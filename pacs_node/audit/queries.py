@@ -40,13 +40,24 @@ def _iso(value: datetime | None) -> str | None:
     return as_utc(value).isoformat(timespec="milliseconds")
 
 
+def _newer_in_state(
+    query: _Query,
+    since: datetime | None,
+    at: Any,
+    state: str | None = None,
+    state_column: Any = None,
+) -> _Query:
+    """``query`` limited to rows with ``at >= since`` and ``state_column == state``."""
+    if since is not None:
+        query = query.where(at >= since)
+    if state is not None and state_column is not None:
+        query = query.where(state_column == state)
+    return query
+
+
 def _associations(since: datetime | None, state: str | None) -> _Query:
     query: _Query = select(Association).order_by(Association.id)
-    if since is not None:
-        query = query.where(Association.started_at >= since)
-    if state is not None:
-        query = query.where(Association.outcome == state)
-    return query
+    return _newer_in_state(query, since, Association.started_at, state, Association.outcome)
 
 
 def _instances(since: datetime | None, state: str | None) -> _Query:
@@ -56,9 +67,7 @@ def _instances(since: datetime | None, state: str | None) -> _Query:
         .join(Study, Study.id == Series.study_id)
         .order_by(Instance.id)
     )
-    if since is not None:
-        query = query.where(Instance.received_at >= since)
-    return query
+    return _newer_in_state(query, since, Instance.received_at)
 
 
 def _jobs(since: datetime | None, state: str | None) -> _Query:
@@ -67,11 +76,7 @@ def _jobs(since: datetime | None, state: str | None) -> _Query:
         .join(Series, Series.id == Job.series_id)
         .order_by(Job.id)
     )
-    if since is not None:
-        query = query.where(Job.created_at >= since)
-    if state is not None:
-        query = query.where(Job.state == state)
-    return query
+    return _newer_in_state(query, since, Job.created_at, state, Job.state)
 
 
 def list_rows(
@@ -144,11 +149,9 @@ def list_rows(
             for job, series_uid, modality, count in session.execute(_jobs(since, state))
         ]
     if view == "events":
-        query = select(StoreEvent).order_by(StoreEvent.id)
-        if since is not None:
-            query = query.where(StoreEvent.at >= since)
-        if state is not None:
-            query = query.where(StoreEvent.kind == state)
+        query = _newer_in_state(
+            select(StoreEvent).order_by(StoreEvent.id), since, StoreEvent.at, state, StoreEvent.kind
+        )
         return [
             {
                 "id": e.id,
@@ -164,11 +167,13 @@ def list_rows(
             for e in session.scalars(query)
         ]
     if view == "transitions":
-        changes = select(JobStateChange).order_by(JobStateChange.id)
-        if since is not None:
-            changes = changes.where(JobStateChange.at >= since)
-        if state is not None:
-            changes = changes.where(JobStateChange.to_state == state)
+        changes = _newer_in_state(
+            select(JobStateChange).order_by(JobStateChange.id),
+            since,
+            JobStateChange.at,
+            state,
+            JobStateChange.to_state,
+        )
         return [
             {
                 "id": c.id,
@@ -187,9 +192,9 @@ def list_rows(
             for c in session.scalars(changes)
         ]
     if view == "deliveries":
-        attempts = select(DeliveryAttempt).order_by(DeliveryAttempt.id)
-        if since is not None:
-            attempts = attempts.where(DeliveryAttempt.started_at >= since)
+        attempts = _newer_in_state(
+            select(DeliveryAttempt).order_by(DeliveryAttempt.id), since, DeliveryAttempt.started_at
+        )
         rows = [
             {
                 "id": d.id,
@@ -207,11 +212,13 @@ def list_rows(
         ]
         return [r for r in rows if state is None or r["state"] == state]
     if view == "commitments":
-        requests = select(StorageCommitment).order_by(StorageCommitment.id)
-        if since is not None:
-            requests = requests.where(StorageCommitment.requested_at >= since)
-        if state is not None:
-            requests = requests.where(StorageCommitment.state == state)
+        requests = _newer_in_state(
+            select(StorageCommitment).order_by(StorageCommitment.id),
+            since,
+            StorageCommitment.requested_at,
+            state,
+            StorageCommitment.state,
+        )
         return [
             {
                 "id": c.id,

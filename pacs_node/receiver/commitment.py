@@ -15,9 +15,9 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from pacs_node.audit.commitment_store import CommitmentStore
-from pacs_node.sender.commitment import parse_commitment_report
+from pacs_node.sender.commitment import UnknownEventTypeError, parse_commitment_report
 
-__all__ = ["ReportOutcome", "handle_commitment_report"]
+__all__ = ["PROCESSING_FAILURE", "ReportOutcome", "handle_commitment_report"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +42,10 @@ def handle_commitment_report(store: CommitmentStore, event: Any) -> ReportOutcom
     try:
         info = event.event_information
         report = parse_commitment_report(event_type, info)
+    except UnknownEventTypeError as exc:
+        return _refuse(NO_SUCH_EVENT_TYPE, f"storage commitment report refused: {exc}")
     except ValueError as exc:
-        status = NO_SUCH_EVENT_TYPE if "event type" in str(exc) else INVALID_ARGUMENT_VALUE
-        return _refuse(status, f"storage commitment report refused: {exc}")
+        return _refuse(INVALID_ARGUMENT_VALUE, f"storage commitment report refused: {exc}")
     except Exception as exc:  # pydicom raises a variety of errors on a malformed data set
         reason = f"storage commitment report does not decode: {type(exc).__name__}"
         return _refuse(INVALID_ARGUMENT_VALUE, reason)

@@ -27,7 +27,7 @@ from pacs_node.audit.models import AssociationOutcome
 from pacs_node.audit.store import AuditStore, PeerInfo
 from pacs_node.config import SecuritySettings
 from pacs_node.logs import current_association
-from pacs_node.receiver.commitment import handle_commitment_report
+from pacs_node.receiver.commitment import PROCESSING_FAILURE, handle_commitment_report
 from pacs_node.receiver.ingest import Ingest, StoreRequest
 from pacs_node.receiver.status import StoreStatus
 
@@ -62,7 +62,7 @@ def peer_refusal(
     allowed_aes = security.allowed_calling_ae_titles
     calling_ae = calling_ae.strip()
     if allowed_aes and calling_ae not in allowed_aes and calling_ae not in commitment_peers:
-        return f"calling AE title {calling_ae.strip()!r} is not in the allowed list"
+        return f"calling AE title {calling_ae!r} is not in the allowed list"
     if security.allowed_networks:
         try:
             address = ipaddress.ip_address(host)
@@ -235,7 +235,8 @@ class ReceiverHandlers:
     def on_n_event_report(self, event: evt.Event) -> tuple[int, Dataset | None]:
         state = self._state(event.assoc)
         if self.commitments is None:
-            outcome_status, note = 0x0110, "storage commitment reports are not handled here"
+            outcome_status = PROCESSING_FAILURE
+            note = "storage commitment reports are not handled here"
         else:
             outcome = handle_commitment_report(self.commitments, event)
             outcome_status, note = outcome.status, outcome.note

@@ -19,6 +19,7 @@ __all__ = [
     "COMMITMENT_INSTANCE_UID",
     "CommitmentReport",
     "FailedInstance",
+    "UnknownEventTypeError",
     "commitment_request",
     "describe_failure_reason",
     "parse_commitment_report",
@@ -61,6 +62,10 @@ def commitment_request(transaction_uid: str, instances: Sequence[tuple[str, str]
     return ds
 
 
+class UnknownEventTypeError(ValueError):
+    """An N-EVENT-REPORT whose Event Type is not a Storage Commitment result."""
+
+
 @dataclass(frozen=True)
 class FailedInstance:
     sop_instance_uid: str
@@ -86,15 +91,18 @@ def parse_commitment_report(event_type: int | None, info: Dataset | None) -> Com
 
     Raises
     ------
+    UnknownEventTypeError
+        Another event type than 1 or 2.
     ValueError
-        Not a Storage Commitment result: another event type, or no Transaction UID.
+        No Transaction UID.
     """
     if event_type not in (EVENT_ALL_COMMITTED, EVENT_FAILURES_EXIST):
-        raise ValueError(f"event type {event_type} is not a storage commitment result (1 or 2)")
-    transaction_uid = str(info.get("TransactionUID", "")) if info is not None else ""
-    if not transaction_uid:
+        raise UnknownEventTypeError(
+            f"event type {event_type} is not a storage commitment result (1 or 2)"
+        )
+    if info is None or not info.get("TransactionUID"):
         raise ValueError("the event information has no Transaction UID (0008,1195)")
-    assert info is not None
+    transaction_uid = str(info.TransactionUID)
     committed = tuple(
         str(item.get("ReferencedSOPInstanceUID", ""))
         for item in info.get("ReferencedSOPSequence", [])
