@@ -29,6 +29,7 @@ from pacs_node.config import SecuritySettings
 from pacs_node.logs import current_association
 from pacs_node.receiver.commitment import PROCESSING_FAILURE, handle_commitment_report
 from pacs_node.receiver.ingest import Ingest, StoreRequest
+from pacs_node.receiver.received_file import ReceivedFile
 from pacs_node.receiver.status import StoreStatus
 
 logger = logging.getLogger(__name__)
@@ -218,8 +219,10 @@ class ReceiverHandlers:
         if state is None or event.dataset_path is None:
             logger.error("C-STORE outside an audited association")
             return int(StoreStatus.PROCESSING_FAILURE)
+        received = getattr(request, "_dataset_file", None)
         store_request = StoreRequest(
             temp_path=Path(event.dataset_path),
+            received=received.digest() if isinstance(received, ReceivedFile) else None,
             sop_class_uid=str(request.AffectedSOPClassUID),
             sop_instance_uid=str(request.AffectedSOPInstanceUID),
             transfer_syntax_uid=str(event.context.transfer_syntax),

@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from pacs_node.audit.models import StoreEventKind
 from pacs_node.audit.store import AuditStore, InstanceFacts
+from pacs_node.receiver.received_file import HEAD_BYTES, ReceivedDigest
 from pacs_node.receiver.spool import Placement, Sealing, Spool, is_path_safe_uid
 from pacs_node.receiver.status import StoreStatus
 
@@ -36,7 +37,6 @@ _HEADER_TAGS = [
     "SpecificCharacterSet",
 ]
 _REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
-_HEAD_BYTES = 256 * 1024
 _MAX_INSERT_ATTEMPTS = 5
 
 
@@ -50,6 +50,8 @@ class StoreRequest:
     transfer_syntax_uid: str
     association_id: int
     calling_ae: str
+    #: The digest and head taken while the file was written; None when it must be read.
+    received: ReceivedDigest | None = None
 
 
 @dataclass(frozen=True)
@@ -78,15 +80,19 @@ def _read_header(source: Path | BytesIO) -> dict[str, Any]:
     return {tag: ds.get(tag) for tag in _HEADER_TAGS}
 
 
-def read_header(path: Path) -> dict[str, Any]:
+def read_header(path: Path, received: ReceivedDigest | None = None) -> dict[str, Any]:
     """The attributes routing and the audit need, parsed from the start of ``path``.
 
-    Parsing an in-memory head is faster than pydicom's many small file reads; a header
-    longer than the head (or one the truncation breaks) is parsed from the file instead.
+    Parsing an in-memory head (``received.head``, or the file's first bytes) is faster
+    than pydicom's many small file reads; a header longer than the head (or one the
+    truncation breaks) is parsed from the file instead.
     """
-    with path.open("rb") as f:
-        head = f.read(_HEAD_BYTES)
-        whole = not f.read(1)
+    if received is not None:
+        head, whole = received.head, received.size <= len(received.head)
+    else:
+        with path.open("rb") as f:
+            head = f.read(HEAD_BYTES)
+            whole = not f.read(1)
     try:
         header = _read_header(BytesIO(head))
     except (InvalidDicomError, ValueError, KeyError, EOFError, TypeError, IndexError):
@@ -101,7 +107,7 @@ def read_header(path: Path) -> dict[str, Any]:
 def read_facts(req: StoreRequest) -> InstanceFacts:
     """Read the header of the received file and check the UIDs the node relies on."""
     try:
-        header = read_header(req.temp_path)
+        header = read_header(req.temp_path, req.received)
     except Exception as exc:
         # Untrusted bytes: anything pydicom raises (zlib.error for a corrupt deflate stream,
         # struct.error, ValueError, ...) means the data set does not decode.
@@ -179,7 +185,7 @@ class Ingest:
                 f"free disk {free // 2**20} MiB is below the floor of "
                 f"{self.min_free_bytes // 2**20} MiB",
             )
-        sealing = self.spool.start_seal(req.temp_path)
+        sealing = self.spool.start_seal(req.temp_path, req.received)
         try:
             facts = read_facts(req)
         except HeaderError as exc:

@@ -1,13 +1,14 @@
 """The association server of one receiver process.
 
-Two changes to pynetdicom 3.0's threaded server:
+Three changes to pynetdicom 3.0's threaded server:
 
 * it serves a listening socket the supervisor opened and shares with every receiver
   process (each has its own GIL). All of them wait on it and whichever is free first
   accepts, so connections go to idle processes; SO_REUSEPORT would instead hash each
   connection to a fixed process, busy or not;
 * the TLS handshake runs on the connection's own thread with a timeout. pynetdicom does it
-  on the accepting thread with none, so one silent client stops every new TLS association.
+  on the accepting thread with none, so one silent client stops every new TLS association;
+* each connection's association waits on events rather than sleeping (``acceptor``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from pacs_node.config import Settings
+from pacs_node.receiver.acceptor import ReceiverRequestHandler
 from pacs_node.receiver.handlers import ReceiverHandlers
 
 logger = logging.getLogger(__name__)
@@ -164,5 +166,6 @@ def make_server(
         ssl_context=make_ssl_context(settings),
         evt_handlers=handlers.bindings(),
         server_class=server_class,
+        request_handler=ReceiverRequestHandler,
     )
     return cast(ReceiverServer, server)

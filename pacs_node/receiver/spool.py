@@ -20,6 +20,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from pacs_node.receiver.received_file import ReceivedDigest
+
 logger = logging.getLogger(__name__)
 
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -115,11 +117,16 @@ class Spool:
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
 
-    def start_seal(self, path: Path) -> Sealing:
-        """Start hashing and fsyncing ``path`` on helper threads."""
+    def start_seal(self, path: Path, received: ReceivedDigest | None = None) -> Sealing:
+        """Start fsyncing ``path`` on a helper thread, and hashing it on another unless
+        ``received`` already holds its digest."""
         # Opened here, not on the helper threads: pynetdicom may delete the temporary name
         # (after a refusal) before they run.
         fd = os.open(path, os.O_RDONLY)
+        if received is not None:
+            digest: Future[SealedFile] = Future()
+            digest.set_result(SealedFile(path, received.sha256, received.size))
+            return Sealing(digest=digest, synced=self._io.submit(_fsync, fd))
         try:
             dup = os.dup(fd)
         except OSError:

@@ -1,0 +1,266 @@
+"""pynetdicom 3.0.4's association acceptor, waiting on events instead of fixed sleeps.
+
+A gamma camera waits for each C-STORE response before it sends the next object, so every
+delay on the way in or out is paid once per instance. pynetdicom polls:
+
+* the DUL thread sleeps 1 ms whenever its socket had no data and nothing was queued to send,
+  so the response the handler queued waits up to 1 ms before it is written;
+* the association thread sleeps 1 ms before each look for a decoded DIMSE message, so a
+  received object waits up to 1 ms before its handler starts;
+* the socket is read 4 KiB at a time: 256 Python-level ``recv`` calls per MB.
+
+Here pynetdicom's state machine, PDUs and DIMSE decoding are untouched; only the waits
+change, and each C-STORE's data set is hashed as it arrives (``received_file``). The DUL
+thread waits in ``select`` on its socket and on an eventfd that is signalled whenever a
+primitive is queued for sending; the association thread waits on an Event set whenever a
+DIMSE message or an ACSE primitive is queued for it. Both waits are capped at 1 ms, as
+pynetdicom's sleeps were, so its timers (ARTIM, network idle) still run. Reads fill one
+buffer of the PDU's length.
+
+pynetdicom is pinned (pyproject.toml): the copied methods follow 3.0.4's code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import select
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from copy import deepcopy
+from datetime import datetime
+from typing import Any, cast
+
+from pynetdicom import evt
+from pynetdicom._globals import MODE_ACCEPTOR
+from pynetdicom.ae import ApplicationEntity
+from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.transport import AssociationSocket, RequestHandler
+
+from pacs_node.receiver.received_file import ReceivedFile
+
+LOGGER = logging.getLogger("pynetdicom.assoc")
+
+#: The longest either thread waits before it looks at its timers and flags again.
+IDLE_WAIT_S = 0.001
+
+
+class _SignallingQueue(queue.Queue[Any]):
+    """A queue that calls ``signal`` after every put, so its reader need not poll."""
+
+    def __init__(self, signal: Callable[[], None]) -> None:
+        super().__init__()
+        self._signal = signal
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        self._signal()
+
+
+class ReceiverSocket(AssociationSocket):
+    """An association socket that reads a PDU into one buffer of its length."""
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        sock = cast(Any, self.socket)
+        buffer = bytearray(nr_bytes)
+        nr_read = 0
+        with memoryview(buffer) as view:
+            while nr_read < nr_bytes:
+                count = sock.recv_into(view[nr_read:])
+                if not count:
+                    break  # the peer closed the connection: the caller sees a short PDU
+                nr_read += count
+        if nr_read < nr_bytes:
+            del buffer[nr_read:]
+        return buffer
+
+
+class ReceiverDUL(DULServiceProvider):
+    """The DUL thread, woken by its socket or by a primitive to send."""
+
+    def __init__(self, assoc: Association) -> None:
+        super().__init__(assoc)
+        # The wait happens in _is_transport_event; pynetdicom's own sleep is skipped.
+        self._run_loop_delay = 0
+        self._wake_lock = threading.Lock()
+        self._wake_fd: int | None = None
+        self.to_provider_queue = _SignallingQueue(self.wake)
+
+    def wake(self) -> None:
+        """Make the reactor's current or next wait return at once."""
+        with self._wake_lock:
+            # Never write to a closed number: the kernel may have reused it for a file.
+            if self._wake_fd is not None:
+                os.eventfd_write(self._wake_fd, 1)
+
+    def run_reactor(self) -> None:
+        fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        with self._wake_lock:
+            self._wake_fd = fd
+        try:
+            super().run_reactor()
+        finally:
+            with self._wake_lock:
+                self._wake_fd = None
+                os.close(fd)
+
+    def _is_transport_event(self) -> bool:
+        self._wait_for_io()
+        return super()._is_transport_event()
+
+    def _wait_for_io(self) -> None:
+        """Block until the socket is readable, a primitive is queued, or IDLE_WAIT_S."""
+        sock: Any = self.socket.socket if self.socket is not None else None
+        fd = self._wake_fd
+        if (
+            sock is None
+            or fd is None
+            or self._kill_thread
+            or not self.to_provider_queue.empty()
+            or not self.event_queue.empty()
+        ):
+            return
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return  # decrypted bytes wait in the TLS layer, where select cannot see them
+        try:
+            readable, _, _ = select.select([sock, fd], [], [], IDLE_WAIT_S)
+        except (OSError, ValueError):
+            return  # a closed socket: pynetdicom's own check reports it
+        if fd in readable:
+            with contextlib.suppress(BlockingIOError):
+                os.eventfd_read(fd)
+
+    def stop_dul(self) -> bool:
+        # pynetdicom 3.0.4's, waiting with a wake-up instead of a 0 s busy loop.
+        if self.state_machine.current_state == "Sta1":
+            self._kill_thread = True
+            self.wake()
+            while self.is_alive():
+                time.sleep(IDLE_WAIT_S)
+            return True
+        return False
+
+
+class ReceiverDIMSE(DIMSEServiceProvider):
+    """Wraps each C-STORE's temporary file in a :class:`ReceivedFile` as soon as it exists."""
+
+    def receive_primitive(self, primitive: P_DATA) -> None:
+        super().receive_primitive(primitive)
+        message = self.message
+        # pynetdicom opens the file on the command's last fragment. When the whole data set
+        # came in that same P-DATA, the message is already complete and stays unwrapped:
+        # the handler then hashes the file itself.
+        if message is not None:
+            file = message._data_set_file
+            if file is not None and not isinstance(file, ReceivedFile):
+                message._data_set_file = cast(Any, ReceivedFile(file))
+
+
+class ReceiverAssociation(Association):
+    """An acceptor association whose thread wakes when a message is queued for it."""
+
+    def __init__(self, ae: ApplicationEntity, mode: str) -> None:
+        super().__init__(ae, mode)
+        self._work_queued = threading.Event()
+        self.dul = ReceiverDUL(self)
+        self.dimse = ReceiverDIMSE(self)
+        # Association.__init__ gave its timers' timeouts to the DUL it made; give them to this.
+        self.acse_timeout = ae.acse_timeout
+        self.network_timeout = ae.network_timeout
+        self.dul.to_user_queue = _SignallingQueue(self._work_queued.set)
+        self.dimse.msg_queue = _SignallingQueue(self._work_queued.set)
+
+    def _run_reactor(self) -> None:
+        # pynetdicom 3.0.4's acceptor loop; its time.sleep(0.001) is the wait below.
+        self._is_paused = False
+        while not self._kill:
+            self._work_queued.wait(IDLE_WAIT_S)
+            self._work_queued.clear()
+
+            # Paused while the user sends DIMSE or ACSE messages on this thread's behalf.
+            self._is_paused = True
+            self._reactor_checkpoint.wait()
+            self._is_paused = False
+
+            context_id, msg = self.dimse.get_msg(block=False)
+            if msg:
+                self._serve_request(msg, cast(int, context_id))
+
+            if self.is_established and self.acse.is_release_requested():
+                self.acse.send_release(is_response=True)
+                LOGGER.info("Association Released")
+                self.is_released = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_RELEASED, {})
+                self.kill()
+                return
+
+            if self.acse.is_aborted():
+                log_msg = "Association Aborted"
+                if self.acse.is_aborted("a-p-abort"):
+                    log_msg += " (A-P-ABORT)"
+                LOGGER.info(log_msg)
+                # Ensure that EVT_ACSE_RECV fires for subscribers
+                self.dul.receive_pdu(wait=False)
+                self.is_aborted = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_ABORTED, {})
+                self.kill()
+                return
+
+            if not self.dul.is_alive():
+                self.kill()
+                return
+
+            if self.dul.idle_timer_expired():
+                LOGGER.error("Network timeout reached")
+                if self.network_timeout_response == "A-RELEASE":
+                    self._is_paused = True
+                    self._reactor_checkpoint.wait()
+                    self.release()
+                    self._is_paused = False
+                else:
+                    self.abort()
+                self.kill()
+                return
+
+
+class ReceiverRequestHandler(RequestHandler):
+    """Builds each accepted connection's association from the classes above."""
+
+    def _create_association(self) -> Association:
+        # pynetdicom 3.0.4's RequestHandler._create_association with our three classes.
+        assoc = ReceiverAssociation(self.ae, MODE_ACCEPTOR)
+        assoc._server = self.server
+
+        timestamp = datetime.strftime(datetime.now(), "%Y%m%d%H%M%S")
+        assoc.name = f"AcceptorThread@{timestamp}"
+
+        sock = ReceiverSocket(assoc, client_socket=cast(Any, self.request))
+        assoc.set_socket(sock)
+
+        assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
+        assoc.acceptor.ae_title = self.server.ae_title
+        assoc.acceptor.address_info = self.local
+        assoc.acceptor.implementation_class_uid = self.ae.implementation_class_uid
+        assoc.acceptor.implementation_version_name = self.ae.implementation_version_name
+        assoc.acceptor.supported_contexts = deepcopy(self.server.contexts)
+
+        assoc.requestor.address_info = self.remote
+
+        for event in self.server._handlers:
+            if event.is_intervention and self.server._handlers[event]:
+                assoc.bind(event, *self.server._handlers[event])
+            elif isinstance(event, evt.NotificationEvent):
+                for handler in self.server._handlers[event]:
+                    handler = cast(Any, handler)
+                    assoc.bind(event, handler[0], handler[1])
+
+        return assoc
