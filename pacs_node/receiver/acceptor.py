@@ -35,21 +35,45 @@ from copy import deepcopy
 from datetime import datetime
 from typing import Any, cast
 
-from pynetdicom import evt
+from pynetdicom import dimse_messages, evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.ae import ApplicationEntity
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
+from pacs_node.receiver.fixed_encodings import c_store_rsp_command_set, file_meta_information
 from pacs_node.receiver.received_file import ReceivedFile
 
 LOGGER = logging.getLogger("pynetdicom.assoc")
 
 #: The longest either thread waits before it looks at its timers and flags again.
 IDLE_WAIT_S = 0.001
+
+#: PDV item header (length 4, context 1) plus the P-DATA-TF PDU header (6).
+_PDATA_OVERHEAD = 11
+
+
+def _file_meta_arguments(**arguments: Any) -> dict[str, Any]:
+    return arguments
+
+
+def _write_file_meta(fp: Any, arguments: dict[str, Any]) -> None:
+    fp.write(file_meta_information(**arguments))
+
+
+def use_fixed_file_meta() -> None:
+    """Have pynetdicom write each received file's File Meta Information with
+    :func:`file_meta_information` (the same bytes, without building a pydicom Dataset).
+
+    Process-wide, like pynetdicom's ``_config``: the receiver's processes call it. The two
+    names are used by ``dimse_messages`` only where it opens a C-STORE's temporary file.
+    """
+    dimse_messages.create_file_meta = _file_meta_arguments  # type: ignore[attr-defined,assignment]
+    dimse_messages.write_file_meta_info = _write_file_meta  # type: ignore[attr-defined,assignment]
 
 
 class _SignallingQueue(queue.Queue[Any]):
@@ -149,7 +173,42 @@ class ReceiverDUL(DULServiceProvider):
 
 
 class ReceiverDIMSE(DIMSEServiceProvider):
-    """Wraps each C-STORE's temporary file in a :class:`ReceivedFile` as soon as it exists."""
+    """Wraps each C-STORE's temporary file in a :class:`ReceivedFile` as soon as it exists,
+    and sends plain C-STORE responses without building a pydicom Dataset."""
+
+    def send_msg(self, primitive: Any, context_id: int) -> None:
+        command = self._plain_c_store_rsp(primitive)
+        if command is None:
+            super().send_msg(primitive, context_id)
+            return
+        pdata = P_DATA()
+        # 0x03: the command set's last (and only) fragment (PS3.8 E.2).
+        pdata.presentation_data_value_list.append((context_id, b"\x03" + command))
+        self.dul.send_pdu(pdata)
+
+    def _plain_c_store_rsp(self, primitive: Any) -> bytes | None:
+        """The encoded command set, or None where pynetdicom's own path is needed."""
+        if (
+            not isinstance(primitive, C_STORE)
+            or primitive.MessageIDBeingRespondedTo is None
+            or primitive.Status is None
+            or primitive.AffectedSOPClassUID is None
+            or primitive.AffectedSOPInstanceUID is None
+            or primitive.OffendingElement is not None
+            or primitive.ErrorComment is not None
+            or self.assoc.get_handlers(evt.EVT_DIMSE_SENT)  # it wants the message object
+        ):
+            return None
+        command = c_store_rsp_command_set(
+            message_id_being_responded_to=int(primitive.MessageIDBeingRespondedTo),
+            affected_sop_class_uid=str(primitive.AffectedSOPClassUID),
+            affected_sop_instance_uid=str(primitive.AffectedSOPInstanceUID),
+            status=int(primitive.Status),
+        )
+        max_pdu = self.maximum_pdu_size
+        if max_pdu and len(command) + _PDATA_OVERHEAD > max_pdu:
+            return None  # pynetdicom fragments it
+        return command
 
     def receive_primitive(self, primitive: P_DATA) -> None:
         super().receive_primitive(primitive)

@@ -12,8 +12,9 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_partial
+from pydicom.tag import BaseTag, Tag
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from pacs_node.audit.models import StoreEventKind
@@ -75,9 +76,20 @@ def _text(value: object) -> str | None:
     return str(value).strip() or None
 
 
+_HEADER_TAG_NUMBERS: list[BaseTag | int] = [Tag(keyword) for keyword in _HEADER_TAGS]
+_LAST_HEADER_TAG = max(_HEADER_TAG_NUMBERS)
+
+
+def _past_header_tags(tag: BaseTag, vr: str | None, length: int) -> bool:
+    # Everything the node reads lies in groups 0008 and 0020: stopping there skips the
+    # NM sequences of group 0054, which would otherwise be parsed only to be dropped.
+    return bool(tag > _LAST_HEADER_TAG)
+
+
 def _read_header(source: Path | BytesIO) -> dict[str, Any]:
-    ds = dcmread(source, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-    return {tag: ds.get(tag) for tag in _HEADER_TAGS}
+    with source.open("rb") if isinstance(source, Path) else source as f:
+        ds = read_partial(f, stop_when=_past_header_tags, specific_tags=_HEADER_TAG_NUMBERS)
+    return {keyword: ds.get(keyword) for keyword in _HEADER_TAGS}
 
 
 def read_header(path: Path, received: ReceivedDigest | None = None) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from pacs_node.config import Settings
-from pacs_node.receiver.acceptor import ReceiverRequestHandler
+from pacs_node.receiver.acceptor import ReceiverRequestHandler, use_fixed_file_meta
 from pacs_node.receiver.handlers import ReceiverHandlers
 
 logger = logging.getLogger(__name__)
@@ -119,6 +119,7 @@ def make_ae(settings: Settings) -> AE:
     _config.LOG_HANDLER_LEVEL = "none"
     # Stream each data set to a file as it arrives instead of holding it in memory.
     _config.STORE_RECV_CHUNKED_DATASET = True
+    use_fixed_file_meta()
     ae = AE(ae_title=settings.node.ae_title)
     ae.maximum_associations = settings.node.max_associations
     ae.network_timeout = settings.timeouts.network
