@@ -16,13 +16,20 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 from tempfile import NamedTemporaryFile
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from nodeharness import Node, free_port, storescu, wait_for
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import NuclearMedicineImageStorage as NMImageStorage
 from pynetdicom import AE
+from pynetdicom._globals import MODE_ACCEPTOR
+from pynetdicom.dimse_messages import C_STORE_RSP
+from pynetdicom.dimse_primitives import C_ECHO, C_STORE
+from pynetdicom.dsutils import create_file_meta
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy import select
 
@@ -30,7 +37,8 @@ from pacs_node.audit.db import make_engine, upgrade
 from pacs_node.audit.models import Instance
 from pacs_node.audit.store import AuditStore
 from pacs_node.config import Settings, load_settings
-from pacs_node.receiver.acceptor import ReceiverSocket
+from pacs_node.receiver.acceptor import ReceiverAssociation, ReceiverDIMSE, ReceiverSocket
+from pacs_node.receiver.fixed_encodings import c_store_rsp_command_set, file_meta_information
 from pacs_node.receiver.handlers import ReceiverHandlers
 from pacs_node.receiver.ingest import Ingest, StoreRequest, StoreResult
 from pacs_node.receiver.received_file import HEAD_BYTES, ReceivedFile
@@ -199,3 +207,68 @@ def test_receiver_socket_reads_a_whole_pdu_or_what_came_before_a_close() -> None
     theirs.close()
     assert sock.recv(5000) == payload[:1000]
     ours.close()
+
+
+@pytest.mark.parametrize(
+    "sop_instance_uid", ["1.2.3", "1.2.34", "1.2.826.0.1.3680043.8.498." + "1" * 38]
+)
+@pytest.mark.parametrize(
+    "transfer_syntax", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.80"]
+)
+def test_file_meta_information_is_the_bytes_pydicom_writes(
+    sop_instance_uid: str, transfer_syntax: str
+) -> None:
+    arguments = {
+        "sop_class_uid": NMImageStorage,
+        "sop_instance_uid": sop_instance_uid,
+        "transfer_syntax": transfer_syntax,
+    }
+    expected = BytesIO()
+    write_file_meta_info(expected, create_file_meta(**arguments))
+    assert file_meta_information(**arguments) == expected.getvalue()
+
+
+@pytest.mark.parametrize("status", [0x0000, 0xB007, 0xA700, 0xA900, 0xC000, 0x0122])
+@pytest.mark.parametrize("sop_instance_uid", ["1.2.3", "1.2.34"])
+def test_c_store_rsp_command_set_is_the_bytes_pynetdicom_sends(
+    status: int, sop_instance_uid: str
+) -> None:
+    rsp = _c_store_rsp(status, sop_instance_uid)
+    message = C_STORE_RSP()
+    message.primitive_to_message(rsp)
+    (pdata,) = list(message.encode_msg(1, 16384))
+    ((context_id, fragment),) = pdata.presentation_data_value_list
+    assert context_id == 1
+    assert fragment[:1] == b"\x03"  # the last (only) command fragment
+    assert fragment[1:] == c_store_rsp_command_set(
+        message_id_being_responded_to=7,
+        affected_sop_class_uid=NMImageStorage,
+        affected_sop_instance_uid=sop_instance_uid,
+        status=status,
+    )
+
+
+def _c_store_rsp(status: int, sop_instance_uid: str = "1.2.3") -> C_STORE:
+    rsp = C_STORE()
+    rsp.MessageIDBeingRespondedTo = 7
+    rsp.AffectedSOPClassUID = NMImageStorage
+    rsp.AffectedSOPInstanceUID = sop_instance_uid
+    rsp.Status = status
+    return rsp
+
+
+def test_responses_the_packer_does_not_cover_go_through_pynetdicom() -> None:
+    assoc = ReceiverAssociation(AE(ae_title="PACS_NODE"), MODE_ACCEPTOR)
+    assoc.requestor.maximum_length = 16384
+    dimse = cast(ReceiverDIMSE, assoc.dimse)
+    assert dimse._plain_c_store_rsp(_c_store_rsp(0x0000)) is not None
+
+    with_comment = _c_store_rsp(0xC000)
+    with_comment.ErrorComment = "cannot understand"
+    assert dimse._plain_c_store_rsp(with_comment) is None
+    echo = C_ECHO()
+    echo.MessageIDBeingRespondedTo = 1
+    echo.Status = 0x0000
+    assert dimse._plain_c_store_rsp(echo) is None
+    assoc.requestor.maximum_length = 64  # the peer takes smaller PDUs than the response
+    assert dimse._plain_c_store_rsp(_c_store_rsp(0x0000)) is None
