@@ -527,6 +527,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print("ratios of MB/s (medians):")
     print("\n".join(f"  {line}" for line in ratio_lines(summary, args.senders)))
+    # The medians may come from different rounds; runs of one round are minutes apart and
+    # so share the machine's state.
+    print("ratios of MB/s within each round:")
+    per_round = len(args.senders) * len(args.receivers)
+    for k in range(args.rounds):
+        in_round = results[k * per_round : (k + 1) * per_round]
+        print("\n".join(f"  round {k + 1}: {line}" for line in ratio_lines(in_round, args.senders)))
     return 0 if all(r.ok for r in results) else 1
 
 
