@@ -37,7 +37,13 @@ from pacs_node.audit.db import make_engine, upgrade
 from pacs_node.audit.models import Instance
 from pacs_node.audit.store import AuditStore
 from pacs_node.config import Settings, load_settings
-from pacs_node.receiver.acceptor import ReceiverAssociation, ReceiverDIMSE, ReceiverSocket
+from pacs_node.receiver.acceptor import (
+    IDLE_WAIT_S,
+    ReceiverAssociation,
+    ReceiverDIMSE,
+    ReceiverDUL,
+    ReceiverSocket,
+)
 from pacs_node.receiver.fixed_encodings import c_store_rsp_command_set, file_meta_information
 from pacs_node.receiver.handlers import ReceiverHandlers
 from pacs_node.receiver.ingest import Ingest, StoreRequest, StoreResult
@@ -272,3 +278,31 @@ def test_responses_the_packer_does_not_cover_go_through_pynetdicom() -> None:
     assert dimse._plain_c_store_rsp(echo) is None
     assoc.requestor.maximum_length = 64  # the peer takes smaller PDUs than the response
     assert dimse._plain_c_store_rsp(_c_store_rsp(0x0000)) is None
+
+
+def test_a_dul_whose_socket_closed_waits_instead_of_spinning() -> None:
+    assoc = ReceiverAssociation(AE(ae_title="PACS_NODE"), MODE_ACCEPTOR)
+    dul = cast(ReceiverDUL, assoc.dul)
+    ours, theirs = socket.socketpair()
+    assoc.set_socket(ReceiverSocket(assoc, client_socket=ours))
+    dul.event_queue.get_nowait()  # Evt5, put by the socket: nothing left to do
+    dul._wake_fd = os.eventfd(0, os.EFD_NONBLOCK)
+    try:
+        # Nothing to read and nothing to send: the wait lasts until the timeout...
+        started = time.monotonic()
+        dul._wait_for_io()
+        assert time.monotonic() - started >= IDLE_WAIT_S * 0.9
+        # ...a wake-up (written on every put to the send queue) ends it and is drained...
+        dul.wake()
+        dul._wait_for_io()
+        with pytest.raises(BlockingIOError):
+            os.eventfd_read(dul._wake_fd)
+        # ...and a closed socket is waited on, not spun on.
+        cast(ReceiverSocket, dul.socket).close()
+        assert dul.event_queue.get_nowait() == "Evt17"  # the state machine's to handle
+        started = time.monotonic()
+        dul._wait_for_io()
+        assert time.monotonic() - started >= IDLE_WAIT_S * 0.9
+    finally:
+        os.close(dul._wake_fd)
+        theirs.close()

@@ -144,19 +144,25 @@ class ReceiverDUL(DULServiceProvider):
         sock: Any = self.socket.socket if self.socket is not None else None
         fd = self._wake_fd
         if (
-            sock is None
-            or fd is None
+            fd is None
             or self._kill_thread
             or not self.to_provider_queue.empty()
             or not self.event_queue.empty()
         ):
+            return
+        if sock is None:
+            # Closed: nothing to wait on until the association thread stops this one, so
+            # sleep as pynetdicom would rather than spin.
+            time.sleep(IDLE_WAIT_S)
             return
         if isinstance(sock, ssl.SSLSocket) and sock.pending():
             return  # decrypted bytes wait in the TLS layer, where select cannot see them
         try:
             readable, _, _ = select.select([sock, fd], [], [], IDLE_WAIT_S)
         except (OSError, ValueError):
-            return  # a closed socket: pynetdicom's own check reports it
+            # A socket closed under us: pynetdicom's own check reports it; do not spin.
+            time.sleep(IDLE_WAIT_S)
+            return
         if fd in readable:
             with contextlib.suppress(BlockingIOError):
                 os.eventfd_read(fd)
