@@ -501,6 +501,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             file_sets[senders] = write_file_set(
                 root / f"data-{senders}", args.count, senders, nonce
             )
+        # The file sets were just written: without this their writeback (about 1 GB) runs
+        # under the first round's receivers and slows every fsync of theirs.
+        os.sync()
         for round_ in range(1, args.rounds + 1):
             for senders in args.senders:
                 for name in args.receivers:
