@@ -45,8 +45,8 @@ from pacs_node.receiver.acceptor import (
     ReceiverSocket,
 )
 from pacs_node.receiver.fixed_encodings import c_store_rsp_command_set, file_meta_information
-from pacs_node.receiver.handlers import ReceiverHandlers
 from pacs_node.receiver.ingest import Ingest, StoreRequest, StoreResult
+from pacs_node.receiver.process import make_handlers
 from pacs_node.receiver.received_file import HEAD_BYTES, ReceivedFile
 from pacs_node.receiver.server import ReceiverServer, make_server
 from pacs_node.receiver.spool import Spool
@@ -56,7 +56,9 @@ from pacs_node.synth import write_synthetic_scans
 class RecordingIngest(Ingest):
     """The real Ingest, keeping each request it was handed."""
 
-    requests: list[StoreRequest]
+    def __init__(self, **arguments: Any) -> None:
+        super().__init__(**arguments)
+        self.requests: list[StoreRequest] = []
 
     def store(self, req: StoreRequest) -> StoreResult:
         self.requests.append(req)
@@ -90,25 +92,17 @@ def receiver(tmp_path: Path) -> Iterator[InProcessReceiver]:
         timeouts={"network": 1.0},
     )
     upgrade(settings.database_url)
-    storage = settings.storage
-    spool = Spool(storage.spool_dir, storage.incoming_dir)
-    spool.prepare()
+    Spool(settings.storage.spool_dir, settings.storage.incoming_dir).prepare()
     engine = make_engine(settings.database_url)
-    audit = AuditStore(engine)
-    ingest = RecordingIngest(
-        spool=spool,
-        audit=audit,
-        accepted_sop_classes=frozenset(settings.dicom.accepted_sop_classes),
-        min_free_bytes=2**20,
-    )
-    ingest.requests = []
-    handlers = ReceiverHandlers(audit=audit, ingest=ingest, security=settings.security, tls=False)
+    handlers = make_handlers(settings, engine, ingest_class=RecordingIngest)
     server = make_server(settings, handlers)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     peer = Node(config=tmp_path, port=port, data_dir=tmp_path, log=tmp_path / "unused.log")
     try:
-        yield InProcessReceiver(settings, server, ingest, audit, peer)
+        yield InProcessReceiver(
+            settings, server, cast(RecordingIngest, handlers.ingest), handlers.audit, peer
+        )
     finally:
         server.shutdown()
         engine.dispose()

@@ -11,6 +11,7 @@ import tempfile
 import threading
 from multiprocessing.connection import Connection
 
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from pacs_node.audit.commitment_store import CommitmentStore
@@ -38,6 +39,31 @@ def _die_with_parent() -> None:
         logger.warning("prctl unavailable: a receiver may outlive a killed supervisor")
 
 
+def make_handlers(
+    settings: Settings, engine: Engine, *, ingest_class: type[Ingest] = Ingest
+) -> ReceiverHandlers:
+    """The C-STORE path of one receiver process (spool, audit, ingest, handlers) as
+    configured; ``ingest_class`` lets a test watch what the handlers hand over."""
+    storage = settings.storage
+    audit = AuditStore(engine)
+    ingest = ingest_class(
+        spool=Spool(storage.spool_dir, storage.incoming_dir),
+        audit=audit,
+        accepted_sop_classes=frozenset(settings.dicom.accepted_sop_classes),
+        min_free_bytes=storage.min_free_disk_mb * 2**20,
+    )
+    return ReceiverHandlers(
+        audit=audit,
+        ingest=ingest,
+        security=settings.security,
+        tls=settings.tls.enabled,
+        commitments=CommitmentStore(engine),
+        commitment_peers=frozenset(
+            d.ae_title for d in settings.delivery.destinations if d.storage_commitment
+        ),
+    )
+
+
 def run_receiver(
     settings: Settings,
     listening_socket: socket.socket,
@@ -59,29 +85,12 @@ def run_receiver(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     if os.getppid() != parent_pid:
         return
-    storage = settings.storage
     # pynetdicom writes each incoming data set with NamedTemporaryFile in the default temp
     # directory; on the spool's filesystem the file can be linked into place, not copied.
-    tempfile.tempdir = str(storage.incoming_dir)
-    spool = Spool(storage.spool_dir, storage.incoming_dir)
+    tempfile.tempdir = str(settings.storage.incoming_dir)
     engine = make_engine(settings.database_url)
-    audit = AuditStore(engine)
-    ingest = Ingest(
-        spool=spool,
-        audit=audit,
-        accepted_sop_classes=frozenset(settings.dicom.accepted_sop_classes),
-        min_free_bytes=storage.min_free_disk_mb * 2**20,
-    )
-    handlers = ReceiverHandlers(
-        audit=audit,
-        ingest=ingest,
-        security=settings.security,
-        tls=settings.tls.enabled,
-        commitments=CommitmentStore(engine),
-        commitment_peers=frozenset(
-            d.ae_title for d in settings.delivery.destinations if d.storage_commitment
-        ),
-    )
+    handlers = make_handlers(settings, engine)
+    audit = handlers.audit
 
     def audit_tls_failure(host: str, port: int, reason: str) -> None:
         peer = PeerInfo(calling_ae="", called_ae="", host=host, port=port, tls=True)

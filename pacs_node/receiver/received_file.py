@@ -17,7 +17,8 @@ from typing import IO, Any
 #: How much of the file's start is kept in memory for the header parse.
 HEAD_BYTES = 256 * 1024
 
-# One thread for every file: its queue keeps each file's fragments in the order written.
+# One thread hashes for every file of the process: its single queue keeps each file's
+# fragments in the order they were written.
 _HASHER = ThreadPoolExecutor(1, thread_name_prefix="received-sha256")
 
 
