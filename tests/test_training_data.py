@@ -35,9 +35,12 @@ from training.data import (
     rotate_nearest,
 )
 from training.data.crops import box_mean
+from training.data.targets import expected_target, held_out_target, independent_target
 
 SEED = 11
-TENSORS = ("rapid", "standard", "truth", "skeleton")
+TENSORS = ("rapid", "standard", "target_vst", "truth", "skeleton")
+# Hospital scans have no truth or skeleton mask.
+DICOM_SAMPLE_KEYS = {"rapid", "standard", "target_vst", "dose_factor", "frame_long_side", "source"}
 ANTERIOR, POSTERIOR = "399321004", "399001007"  # SCT view codes the synthetic writer uses
 
 
@@ -107,8 +110,11 @@ def test_thinning_keeps_a_share_p_of_the_counts_and_dose_factor_matches_speed() 
         assert (rapid == np.round(rapid)).all()
         n = standard.sum()
         assert abs(rapid.sum() - p * n) < 5.0 * np.sqrt(n * p * (1.0 - p))
-        lam = _array(sample, "truth").sum()
+        truth = _array(sample, "truth")
+        lam = truth.sum()
         assert abs(n - lam) < 5.0 * np.sqrt(lam)
+        # Phantoms regress the noise-free expectation, never the scan the rapid one came from.
+        assert np.array_equal(_array(sample, "target_vst"), expected_target(truth))
     assert factors == {2.0, 3.0}
     assert PhantomPairs(seed=SEED, length=1, speeds_cm_min=(60,))[0]["dose_factor"] == 3.0
     same = PhantomPairs(seed=SEED, length=1, speeds_cm_min=(20,))[0]
@@ -192,10 +198,12 @@ def test_thinned_dicom_pairs_thin_every_frame(standard_scans: list[Path]) -> Non
     frames = [dcmread(path).pixel_array for path in standard_scans]
     for index in range(len(dataset)):
         sample = dataset[index]
-        assert set(sample) == {"rapid", "standard", "dose_factor", "frame_long_side", "source"}
+        assert set(sample) == DICOM_SAMPLE_KEYS
         assert sample["frame_long_side"] == 1024.0
         standard, rapid = _array(sample, "standard"), _array(sample, "rapid")
         assert np.array_equal(standard, frames[index // 2][index % 2])
+        # The target is the held-out remainder, not the scan the rapid one was thinned from.
+        assert np.array_equal(_array(sample, "target_vst"), held_out_target(standard, rapid, 2.0))
         assert (rapid <= standard).all()
         n = standard.sum()
         assert abs(rapid.sum() - 0.5 * n) < 5.0 * np.sqrt(0.25 * n)
@@ -337,10 +345,12 @@ def test_registered_pairs_find_the_shift_between_sweeps(
     unmoved = dcmread(tmp_path / "study1_40.dcm").pixel_array.astype(np.float64)
     for index in range(len(dataset)):
         sample = dataset[index]
-        assert set(sample) == {"rapid", "standard", "dose_factor", "frame_long_side", "source"}
+        assert set(sample) == DICOM_SAMPLE_KEYS
         assert sample["frame_long_side"] == 1024.0
         assert sample["dose_factor"] == 2.0
         standard, rapid = _array(sample, "standard"), _array(sample, "rapid")
+        # A separately acquired standard scan is its own target.
+        assert np.array_equal(_array(sample, "target_vst"), independent_target(standard))
         mask = body_pixels(standard)
         frame = dataset.pairs[index].rapid_frame
         after = _smoothed_correlation(standard, rapid, mask)

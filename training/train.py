@@ -1,13 +1,15 @@
 """Cascade training: ``python -m training train -opt FILE``.
 
-Each step: ``x = anscombe(dose · rapid)``, target ``anscombe(standard)``; the cascade runs
-f_IR1 → SAM prior → f_IR2 and the loss is a weighted sum of
+Each step: ``x = anscombe(dose · rapid)``, target the sample's ``target_vst``; the cascade
+runs f_IR1 → SAM prior → f_IR2 and the loss is a weighted sum of
 
 - reconstruction: mean squared error of f_IR2 (and, weighted apart, f_IR1) against the
   target in VST units. Squared error makes the output the conditional *mean* of the
-  transformed standard scan, which the unbiased inverse maps back to expected counts;
-  with a noisy target this is Noise2Noise's argument, so hospital scans without a noise-
-  free truth train the same way as phantoms;
+  transformed standard scan, which the unbiased inverse maps back to expected counts.
+  Phantoms give that mean itself (``E[anscombe(Poisson(λ))]``); hospital scans without a
+  noise-free truth give a target whose noise is independent of the rapid scan's, and by
+  Noise2Noise's argument train towards the same mean (``training.data.targets`` says why
+  the scan the rapid one was thinned from cannot be that target);
 - SKD (:class:`~enhancer.modeling.distillation.SemanticKnowledgeDistillation`);
 - SCM (:class:`~enhancer.modeling.consistency.SemanticConsistencyLoss`).
 
@@ -153,7 +155,7 @@ def _losses(
 ) -> dict[str, torch.Tensor]:
     rapid = batch["rapid"].to(device)
     x = anscombe(rapid * batch["dose_factor"].to(device).view(-1, 1, 1, 1).float())
-    target = anscombe(batch["standard"].to(device))
+    target = batch["target_vst"].to(device)
     weights = options.losses
     vst_scale = model.vst_scale
     profile = Profile.CASCADE if weights.cascade else Profile.FAST

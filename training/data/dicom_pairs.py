@@ -19,6 +19,7 @@ from training.data.cache import LruCache
 from training.data.crops import body_pixels, check_crop, crop_window
 from training.data.dicom_files import NMFile, PathsLike, find_nm_files, read_nm_counts
 from training.data.sample import EpochDataset, Sample, make_sample
+from training.data.targets import held_out_target
 
 __all__ = ["ThinnedDicomPairs"]
 
@@ -136,6 +137,7 @@ class ThinnedDicomPairs(EpochDataset):
         return make_sample(
             rapid=rapid,
             standard=standard,
+            target_vst=held_out_target(standard, rapid, self.dose_factor),
             dose_factor=self.dose_factor,
             frame_shape=frame_shape,
             source=header.frame_label(frame),

@@ -22,6 +22,7 @@ from pacs_node.synth.phantom import FRAME_COLS, FRAME_ROWS, STANDARD_SPEED_CM_MI
 from training.data.cache import LruCache
 from training.data.crops import check_crop, crop_window
 from training.data.sample import EpochDataset, Sample, make_sample
+from training.data.targets import expected_target
 
 __all__ = ["PhantomPairs", "PhantomView", "poisson_pair"]
 
@@ -164,6 +165,7 @@ class PhantomPairs(EpochDataset):
         return make_sample(
             rapid=rapid,
             standard=standard,
+            target_vst=expected_target(truth),
             truth=truth,
             skeleton=skeleton,
             dose_factor=speed / STANDARD_SPEED_CM_MIN,

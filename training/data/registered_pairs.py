@@ -24,6 +24,7 @@ from training.data.crops import body_pixels, check_crop, crop_window
 from training.data.dicom_files import NMFile, PathsLike, as_paths, find_nm_files, read_nm_counts
 from training.data.registration import RigidRegistration, apply_rigid, register_rigid
 from training.data.sample import EpochDataset, Sample, make_sample
+from training.data.targets import independent_target
 
 __all__ = ["RegisteredDicomPairs", "RegisteredPair"]
 
@@ -273,6 +274,7 @@ class RegisteredDicomPairs(EpochDataset):
         return make_sample(
             rapid=rapid,
             standard=standard,
+            target_vst=independent_target(standard),
             dose_factor=pair.dose_factor,
             frame_shape=frame_shape,
             source=pair.source,

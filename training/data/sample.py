@@ -4,6 +4,9 @@ A sample is one view (frame) of one scan::
 
     "rapid"        1×H×W float32  counts of the rapid scan
     "standard"     1×H×W float32  counts of the standard-speed scan
+    "target_vst"   1×H×W float32  the regression target in VST units: E[it] = E[anscombe(S)] for a
+                                  standard scan S ~ Poisson(λ), with noise independent of the
+                                  rapid scan's (``training.data.targets``)
     "truth"        1×H×W float32  expected standard-speed counts λ (phantoms only)
     "skeleton"     1×H×W float32  0/1 ground-truth skeleton mask (phantoms only)
     "dose_factor"  float          standard scan time / rapid scan time (1 / p)
@@ -35,6 +38,7 @@ def make_sample(
     *,
     rapid: npt.NDArray[np.generic],
     standard: npt.NDArray[np.generic],
+    target_vst: npt.NDArray[np.generic],
     dose_factor: float,
     source: str,
     truth: npt.NDArray[np.generic] | None = None,
@@ -47,6 +51,8 @@ def make_sample(
     ----------
     rapid, standard : ndarray, shape (H, W)
         Counts of the rapid and the standard-speed scan.
+    target_vst : ndarray, shape (H, W)
+        The training target in VST units, from :mod:`training.data.targets`.
     dose_factor : float
         Standard scan time over rapid scan time, > 0.
     source : str
@@ -62,9 +68,15 @@ def make_sample(
     """
     if rapid.shape != standard.shape:
         raise ValueError(f"rapid {rapid.shape!r} and standard {standard.shape!r} differ in shape")
+    if target_vst.shape != rapid.shape:
+        raise ValueError(f"target {target_vst.shape!r} and rapid {rapid.shape!r} differ in shape")
     if not dose_factor > 0:
         raise ValueError(f"dose factor {dose_factor!r} is not positive")
-    sample: Sample = {"rapid": _plane(rapid), "standard": _plane(standard)}
+    sample: Sample = {
+        "rapid": _plane(rapid),
+        "standard": _plane(standard),
+        "target_vst": _plane(target_vst),
+    }
     if truth is not None:
         sample["truth"] = _plane(truth)
     if skeleton is not None:
