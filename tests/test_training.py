@@ -100,6 +100,7 @@ def test_the_trained_checkpoint_serves_both_profiles(tmp_path: Path) -> None:
     assert result.weights.stat().st_mode & 0o044 == 0o044  # others may read (safetensors: 0600)
     assert set(loaded.card.profiles) == {"fast", "cascade"}
     assert "PhantomPairs" in loaded.card.training_data
+    assert "independent of the rapid scan" in loaded.card.training_data
     rapid = synthetic_scan_counts(3, 0, speed_cm_min=40)
     for profile in ("fast", "cascade"):
         counts = Enhancer.from_checkpoint(result.weights, device="cpu", profile=profile).enhance(

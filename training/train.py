@@ -381,6 +381,8 @@ def _describe(options: TrainingOptions) -> str:
         parts.append(f"val: {options.data.val}")
     parts.append(f"{options.train.iterations} iterations of {options.train.batch_size}")
     parts.append(f"losses: {options.losses.model_dump()}")
+    # Cards before 0.2.0 trained on the standard scan the rapid one was thinned from.
+    parts.append("targets: noise independent of the rapid scan's (training.data.targets)")
     if options.model.sam_weights is not None:
         parts.append(f"SAM prior: {Path(options.model.sam_weights).name}")
     return "; ".join(parts)
