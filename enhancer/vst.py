@@ -112,7 +112,7 @@ def expected_anscombe(mean: torch.Tensor) -> torch.Tensor:
     """
     m = mean.detach().to(torch.float64).clamp(min=0.0)
     table = _expected_anscombe_table().to(m.device)
-    position = (m.clamp(max=_TABLE_MAX_MEAN) / _TABLE_STEP).clamp(max=table.numel() - 1)
+    position = m.clamp(max=_TABLE_MAX_MEAN) / _TABLE_STEP
     lower = position.floor().long().clamp(max=table.numel() - 2)
     fraction = position - lower
     tabulated = table[lower] * (1.0 - fraction) + table[lower + 1] * fraction

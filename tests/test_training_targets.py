@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from enhancer.vst import anscombe, expected_anscombe, inverse_anscombe_unbiased
+from training.data import poisson_pair
 from training.data.targets import expected_target, held_out_target, independent_target
 
 DRAWS = 1_000_000
@@ -18,9 +19,9 @@ DRAWS = 1_000_000
 def _thinned(
     lam: float, dose_factor: float, seed: int
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    rng = np.random.default_rng(seed)
-    standard = rng.poisson(lam, DRAWS)
-    rapid = rng.binomial(standard, 1.0 / dose_factor)
+    standard, rapid = poisson_pair(
+        np.full(DRAWS, lam), 1.0 / dose_factor, np.random.default_rng(seed)
+    )
     return standard.astype(np.float64), rapid.astype(np.float64)
 
 
