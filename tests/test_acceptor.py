@@ -130,6 +130,10 @@ def test_each_c_store_arrives_hashed_with_its_head(
         assert req.received.sha256 == hashlib.sha256(stored).hexdigest()
         assert req.received.size == len(stored) > HEAD_BYTES
         assert req.received.head == stored[:HEAD_BYTES]
+        # Its fsync was started by the DUL thread once the last fragment was in, and the
+        # handler waited for it before answering.
+        assert req.received.synced is not None
+        assert req.received.synced.done() and req.received.synced.exception() is None
 
 
 @pytest.mark.parametrize("network_timeout", [1.0])
@@ -185,6 +189,22 @@ def test_received_file_hashes_what_was_written_before_and_after_wrapping(
     assert digest.sha256 == hashlib.sha256(payload).hexdigest()
     assert digest.size == len(payload)
     assert digest.head == payload[:HEAD_BYTES]
+
+
+def test_received_file_syncs_on_its_own_descriptor(tmp_path: Path) -> None:
+    with NamedTemporaryFile(dir=tmp_path, delete=False, mode="wb", suffix=".dcm") as raw:
+        raw.write(b"\x00" * 132)
+        received = ReceivedFile(raw)
+        received.write(b"data set")
+        assert received.digest().synced is None  # nothing started it yet
+        received.start_sync()
+        synced = received.digest().synced
+        # A refusal answers, and pynetdicom closes the file, without waiting for the fsync.
+        received.close()
+    assert synced is not None
+    synced.result(timeout=10)
+    open_files = {os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")}
+    assert received.name not in open_files  # the fsync's own descriptor was closed
 
 
 class _AnySocketOwner:

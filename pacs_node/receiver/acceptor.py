@@ -10,12 +10,12 @@ delay on the way in or out is paid once per instance. pynetdicom polls:
 * the socket is read 4 KiB at a time: 256 Python-level ``recv`` calls per MB.
 
 Here pynetdicom's state machine, PDUs and DIMSE decoding are untouched; only the waits
-change, and each C-STORE's data set is hashed as it arrives (``received_file``). The DUL
-thread waits in ``select`` on its socket and on an eventfd that is signalled whenever a
-primitive is queued for sending; the association thread waits on an Event set whenever a
-DIMSE message or an ACSE primitive is queued for it. Both waits are capped at 1 ms, as
-pynetdicom's sleeps were, so its timers (ARTIM, network idle) still run. Reads fill one
-buffer of the PDU's length.
+change, and each C-STORE's data set is hashed as it arrives (``received_file``) and its
+fsync started the moment its last fragment is written. The DUL thread waits in ``select``
+on its socket and on an eventfd that is signalled whenever a primitive is queued for
+sending; the association thread waits on an Event set whenever a DIMSE message or an ACSE
+primitive is queued for it. Both waits are capped at ``IDLE_WAIT_S`` (10 ms), so its timers
+(ARTIM, network idle) still run. Reads fill one buffer of the PDU's length.
 
 pynetdicom is pinned (pyproject.toml): the copied methods follow 3.0.4's code.
 """
@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable
 from copy import deepcopy
 from datetime import datetime
+from io import BytesIO
 from typing import Any, cast
 
 from pynetdicom import dimse_messages, evt
@@ -40,18 +41,26 @@ from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.ae import ApplicationEntity
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
-from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dimse_messages import DIMSEMessage
+from pynetdicom.dimse_primitives import C_CANCEL, C_STORE, N_EVENT_REPORT
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler
+from pynetdicom.utils import make_target
 
 from pacs_node.receiver.fixed_encodings import c_store_rsp_command_set, file_meta_information
 from pacs_node.receiver.received_file import ReceivedFile
 
 LOGGER = logging.getLogger("pynetdicom.assoc")
 
-#: The longest either thread waits before it looks at its timers and flags again.
-IDLE_WAIT_S = 0.001
+#: The longest either thread waits before it looks at its timers and flags again. Every
+#: message, primitive and socket event wakes its reader at once, so this only bounds how
+#: late the ARTIM and network-idle timers (seconds long) can fire; at pynetdicom's 1 ms
+#: each idle thread woke 1000 times a second and took the GIL from the busy one each time.
+IDLE_WAIT_S = 0.01
+
+#: How often ``stop_dul`` looks whether the woken DUL thread has ended.
+_STOP_POLL_S = 0.001
 
 #: PDV item header (length 4, context 1) plus the P-DATA-TF PDU header (6).
 _PDATA_OVERHEAD = 11
@@ -173,7 +182,7 @@ class ReceiverDUL(DULServiceProvider):
             self._kill_thread = True
             self.wake()
             while self.is_alive():
-                time.sleep(IDLE_WAIT_S)
+                time.sleep(_STOP_POLL_S)
             return True
         return False
 
@@ -217,15 +226,54 @@ class ReceiverDIMSE(DIMSEServiceProvider):
         return command
 
     def receive_primitive(self, primitive: P_DATA) -> None:
-        super().receive_primitive(primitive)
+        # pynetdicom 3.0.4's, with two additions: the data set's temporary file is wrapped
+        # in a ReceivedFile once it exists, and its fsync starts as soon as the message is
+        # complete, before the command is decoded and the message queued for the handler.
+        if self.message is None:
+            self.message = DIMSEMessage()
         message = self.message
-        # pynetdicom opens the file on the command's last fragment. When the whole data set
-        # came in that same P-DATA, the message is already complete and stays unwrapped:
-        # the handler then hashes the file itself.
-        if message is not None:
-            file = message._data_set_file
+
+        complete = message.decode_msg(primitive, self.assoc)
+        file = message._data_set_file
+        if complete:
+            # A data set that came whole in the command's last P-DATA stays unwrapped: the
+            # handler then hashes and fsyncs the file itself.
+            if isinstance(file, ReceivedFile):
+                file.start_sync()
+        else:
+            # pynetdicom opens the file on the command's last fragment.
             if file is not None and not isinstance(file, ReceivedFile):
                 message._data_set_file = cast(Any, ReceivedFile(file))
+            return
+
+        evt.trigger(self.assoc, evt.EVT_DIMSE_RECV, {"message": message})
+        context_id = cast(int, message.context_id)
+        try:
+            d_primitive = message.message_to_primitive()
+        except Exception as exc:
+            LOGGER.error("Received an invalid DIMSE message")
+            LOGGER.exception(exc)
+            self.dul.event_queue.put("Evt19")
+            return
+
+        if isinstance(d_primitive, C_CANCEL) and len(self.cancel_req) < 10:
+            msg_id = cast(int, d_primitive.MessageIDBeingRespondedTo)
+            self.cancel_req[msg_id] = d_primitive
+        elif isinstance(d_primitive, N_EVENT_REPORT) and d_primitive.is_valid_request:
+            # As pynetdicom: served at once, on a thread of its own, not to block the DUL.
+            thread = threading.Thread(
+                target=make_target(self.assoc._serve_request), args=(d_primitive, context_id)
+            )
+            thread.start()
+        else:
+            self.msg_queue.put((context_id, cast(Any, d_primitive)))
+
+        # Reset for the next message (pynetdicom issue #41: a memory leak otherwise).
+        message.encoded_command_set = BytesIO()
+        message.data_set = BytesIO()
+        message._data_set_file = None
+        message._data_set_path = None
+        self.message = None
 
 
 class ReceiverAssociation(Association):

@@ -4,12 +4,15 @@ pynetdicom writes each fragment of a data set to a ``NamedTemporaryFile`` on its
 Hashing each fragment as it is written (on a helper thread: hashlib releases the GIL, so the
 DUL thread goes back to its socket at once), and keeping the first bytes for the header
 parse, takes both off the C-STORE round trip: the handler no longer reads the file back
-once the last fragment is in.
+once the last fragment is in. The file's fsync starts as soon as that last fragment is
+written (:meth:`ReceivedFile.start_sync`, called on the DUL thread), so it runs while the
+message is decoded and handed to its handler instead of after.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, Any
@@ -20,6 +23,15 @@ HEAD_BYTES = 256 * 1024
 # One thread hashes for every file of the process: its single queue keeps each file's
 # fragments in the order they were written.
 _HASHER = ThreadPoolExecutor(1, thread_name_prefix="received-sha256")
+# fsync releases the GIL; two threads let two associations' files be flushed at once.
+_SYNCER = ThreadPoolExecutor(2, thread_name_prefix="received-fsync")
+
+
+def _fsync_and_close(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -29,6 +41,8 @@ class ReceivedDigest:
     sha256: str
     size: int
     head: bytes  #: the first HEAD_BYTES bytes (all of them for a smaller file)
+    #: The fsync of every byte written, when :meth:`ReceivedFile.start_sync` started one.
+    synced: Future[None] | None = None
 
 
 class ReceivedFile:
@@ -47,6 +61,7 @@ class ReceivedFile:
         self._head = bytearray()
         self._size = 0
         self._hashed: Future[None] | None = None
+        self._synced: Future[None] | None = None
         with open(self.name, "rb") as f:
             self._take(f.read())
 
@@ -70,9 +85,24 @@ class ReceivedFile:
     def close(self) -> None:
         self._wrapped.close()
 
+    def start_sync(self) -> None:
+        """Start the fsync of everything written so far; call once the data set is complete.
+
+        The fsync runs on its own descriptor: pynetdicom closes the file after the handler,
+        which may answer (a refusal) without waiting for it.
+        """
+        try:
+            self._wrapped.flush()
+            fd = os.dup(self._wrapped.fileno())
+        except OSError:
+            return  # out of descriptors, say: the handler's own fsync then covers the file
+        self._synced = _SYNCER.submit(_fsync_and_close, fd)
+
     def digest(self) -> ReceivedDigest:
         """The digest of everything written so far; call once the data set is complete."""
         self._wrapped.flush()
         if self._hashed is not None:
             self._hashed.result()
-        return ReceivedDigest(self._sha256.hexdigest(), self._size, bytes(self._head))
+        return ReceivedDigest(
+            self._sha256.hexdigest(), self._size, bytes(self._head), synced=self._synced
+        )

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import shutil
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _CHUNK = 1 << 20
+#: New series directories remembered until their parents' fsync is seen done.
+_NEW_DIRS_KEPT = 64
 
 
 def is_path_safe_uid(uid: str) -> bool:
@@ -87,6 +90,16 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _fsync_parents(series_dir: Path) -> None:
+    """Make a new series directory, and a study directory made with it, durable."""
+    _fsync_dir(series_dir.parent)
+    _fsync_dir(series_dir.parent.parent)
+
+
+def _succeeded(future: Future[None]) -> bool:
+    return future.done() and future.exception() is None
+
+
 class Spool:
     """Places received files under ``root``; temporary files live in ``incoming``."""
 
@@ -94,6 +107,8 @@ class Spool:
         self.root = root
         self.incoming = incoming
         self._io = ThreadPoolExecutor(io_threads, thread_name_prefix="spool-io")
+        self._dirs_lock = threading.Lock()
+        self._new_dirs: dict[Path, Future[None]] = {}
 
     def prepare(self) -> None:
         """Create the directories and refuse an ``incoming`` on another filesystem."""
@@ -118,15 +133,18 @@ class Spool:
         return shutil.disk_usage(self.root).free
 
     def start_seal(self, path: Path, received: ReceivedDigest | None = None) -> Sealing:
-        """Start fsyncing ``path`` on a helper thread, and hashing it on another unless
-        ``received`` already holds its digest."""
-        # Opened here, not on the helper threads: pynetdicom may delete the temporary name
-        # (after a refusal) before they run.
-        fd = os.open(path, os.O_RDONLY)
+        """Start fsyncing ``path`` on a helper thread, unless ``received`` says its fsync
+        has started, and hashing it on another unless ``received`` holds its digest."""
         if received is not None:
             digest: Future[SealedFile] = Future()
             digest.set_result(SealedFile(path, received.sha256, received.size))
-            return Sealing(digest=digest, synced=self._io.submit(_fsync, fd))
+            synced = received.synced
+            if synced is None:
+                synced = self._io.submit(_fsync, os.open(path, os.O_RDONLY))
+            return Sealing(digest=digest, synced=synced)
+        # Opened here, not on the helper threads: pynetdicom may delete the temporary name
+        # (after a refusal) before they run.
+        fd = os.open(path, os.O_RDONLY)
         try:
             dup = os.dup(fd)
         except OSError:
@@ -144,14 +162,36 @@ class Spool:
                 raise ValueError(f"UID {uid!r} is not a valid UID")
         return f"{study_uid}/{series_uid}/{sop_uid}.{sha256[:16]}.dcm"
 
-    def _series_dir(self, relative: str) -> Path:
+    def _series_dir(self, relative: str) -> tuple[Path, tuple[Future[None], ...]]:
+        """The directory ``relative`` goes in, created if need be, and the fsync of its
+        parents when that may still be running.
+
+        A new directory must be durable in its parents too; those fsyncs run on a helper
+        thread, beside the file's own, and every placement into the directory waits for
+        them until they are done, not only the one that created it.
+        """
         series_dir = (self.root / relative).parent
-        if not series_dir.is_dir():
-            series_dir.mkdir(parents=True, exist_ok=True)
-            # New directories must be durable in their parents too.
-            _fsync_dir(series_dir.parent)
-            _fsync_dir(series_dir.parent.parent)
-        return series_dir
+        # Under the lock, so no thread finds the directory made but not yet registered.
+        with self._dirs_lock:
+            parents_synced = self._new_dirs.get(series_dir)
+            if parents_synced is not None and parents_synced.done():
+                del self._new_dirs[series_dir]
+                # One that failed is tried again; the placements that waited on it failed.
+                parents_synced = (
+                    None if _succeeded(parents_synced) else self._sync_parents(series_dir)
+                )
+            elif parents_synced is None and not os.path.isdir(series_dir):
+                series_dir.mkdir(parents=True, exist_ok=True)
+                parents_synced = self._sync_parents(series_dir)
+        return series_dir, () if parents_synced is None else (parents_synced,)
+
+    def _sync_parents(self, series_dir: Path) -> Future[None]:
+        """Start the parents' fsync of ``series_dir`` and remember it; holds ``_dirs_lock``."""
+        if len(self._new_dirs) >= _NEW_DIRS_KEPT:
+            for done in [d for d, f in self._new_dirs.items() if _succeeded(f)]:
+                del self._new_dirs[done]
+        future = self._new_dirs[series_dir] = self._io.submit(_fsync_parents, series_dir)
+        return future
 
     def place_new(
         self, sealed: SealedFile, relative: str, synced: Future[None]
@@ -162,19 +202,19 @@ class Spool:
         whether the bytes are new; the directory is fsynced meanwhile. ``synced`` is the
         fsync of the file's bytes. Returns None when ``relative`` exists.
         """
-        series_dir = self._series_dir(relative)
+        series_dir, parents = self._series_dir(relative)
         try:
             os.link(sealed.path, self.root / relative)
         except FileExistsError:
             return None
-        return Placement(relative, (synced, self._io.submit(_fsync_dir, series_dir)))
+        return Placement(relative, (synced, self._io.submit(_fsync_dir, series_dir), *parents))
 
     def replace(self, sealed: SealedFile, relative: str, synced: Future[None]) -> Placement:
         """Put ``sealed`` at ``relative`` over an unrecorded file (left by a crash).
 
         The new bytes are on disk before they replace anything.
         """
-        series_dir = self._series_dir(relative)
+        series_dir, parents = self._series_dir(relative)
         synced.result()
         os.replace(sealed.path, self.root / relative)
-        return Placement(relative, (self._io.submit(_fsync_dir, series_dir),))
+        return Placement(relative, (self._io.submit(_fsync_dir, series_dir), *parents))
