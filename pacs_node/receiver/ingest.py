@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from pacs_node.audit.models import StoreEventKind
 from pacs_node.audit.store import AuditStore, InstanceFacts
+from pacs_node.receiver.header_walk import walk_header
 from pacs_node.receiver.received_file import HEAD_BYTES, ReceivedDigest
 from pacs_node.receiver.spool import Placement, Sealing, Spool, is_path_safe_uid
 from pacs_node.receiver.status import StoreStatus
@@ -95,9 +96,9 @@ def _read_header(source: Path | BytesIO) -> dict[str, Any]:
 def read_header(path: Path, received: ReceivedDigest | None = None) -> dict[str, Any]:
     """The attributes routing and the audit need, parsed from the start of ``path``.
 
-    Parsing an in-memory head (``received.head``, or the file's first bytes) is faster
-    than pydicom's many small file reads; a header longer than the head (or one the
-    truncation breaks) is parsed from the file instead.
+    The in-memory head (``received.head``, or the file's first bytes) is walked directly
+    (:func:`walk_header`); where that walk cannot stand in for pydicom, pydicom parses the
+    head, and a header longer than the head (or one the truncation breaks) the file.
     """
     if received is not None:
         head, whole = received.head, received.size <= len(received.head)
@@ -105,6 +106,9 @@ def read_header(path: Path, received: ReceivedDigest | None = None) -> dict[str,
         with path.open("rb") as f:
             head = f.read(HEAD_BYTES)
             whole = not f.read(1)
+    header = walk_header(head, whole=whole)
+    if header is not None and all(header[k] for k in _REQUIRED_UIDS):
+        return header
     try:
         header = _read_header(BytesIO(head))
     except (InvalidDicomError, ValueError, KeyError, EOFError, TypeError, IndexError):
