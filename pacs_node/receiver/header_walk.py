@@ -19,23 +19,31 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+from pydicom.datadict import dictionary_VR
+from pydicom.tag import Tag
 from pydicom.uid import UID
 
-#: (tag, keyword, VR) of what the receiver reads, all of them in groups 0008 and 0020.
+#: What the receiver reads: routing, the audit and the UID checks.
+HEADER_KEYWORDS = (
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "Modality",
+    "SeriesDescription",
+    "ImageType",
+    "AccessionNumber",
+    "StudyDate",
+    "SpecificCharacterSet",
+)
+#: The VRs :func:`_value` decodes as pydicom does; an attribute of another is left to it.
+_WALKED_VRS = frozenset({b"CS", b"DA", b"LO", b"SH", b"UI"})
+#: tag -> (keyword, dictionary VR)
 _ATTRIBUTES: dict[int, tuple[str, bytes]] = {
-    0x00080005: ("SpecificCharacterSet", b"CS"),
-    0x00080008: ("ImageType", b"CS"),
-    0x00080016: ("SOPClassUID", b"UI"),
-    0x00080018: ("SOPInstanceUID", b"UI"),
-    0x00080020: ("StudyDate", b"DA"),
-    0x00080050: ("AccessionNumber", b"SH"),
-    0x00080060: ("Modality", b"CS"),
-    0x0008103E: ("SeriesDescription", b"LO"),
-    0x0020000D: ("StudyInstanceUID", b"UI"),
-    0x0020000E: ("SeriesInstanceUID", b"UI"),
+    int(Tag(keyword)): (keyword, dictionary_VR(keyword).encode("ascii"))
+    for keyword in HEADER_KEYWORDS
 }
 _LAST_TAG = max(_ATTRIBUTES)
-_KEYWORDS = [keyword for keyword, _vr in _ATTRIBUTES.values()]
 
 #: Explicit VRs with a reserved field and a 4-byte length (PS3.5 7.1.2).
 _LONG_VRS = frozenset(
@@ -52,13 +60,11 @@ _LONG_LENGTH = struct.Struct("<I")
 
 def _element(head: bytes, pos: int, implicit: bool) -> tuple[int, bytes | None, int, int] | None:
     """(tag, VR or None, value offset, value length) of the element at ``pos``."""
-    if implicit:
-        if pos + 8 > len(head):
-            return None
-        group, element, length = _TAG_AND_LENGTH.unpack_from(head, pos)
-        return (group << 16) | element, None, pos + 8, length
     if pos + 8 > len(head):
         return None
+    if implicit:
+        group, element, length = _TAG_AND_LENGTH.unpack_from(head, pos)
+        return (group << 16) | element, None, pos + 8, length
     group, element, vr, length = _TAG_VR_LENGTH.unpack_from(head, pos)
     if not (vr.isalpha() and vr.isupper()):
         return None
@@ -72,10 +78,9 @@ def _element(head: bytes, pos: int, implicit: bool) -> tuple[int, bytes | None, 
 
 def _value(raw: bytes, vr: bytes) -> str | list[str] | None:
     """The value as pydicom gives it for these VRs, or None where it might not be ASCII."""
-    if raw.isascii() and b"\x1b" not in raw:
-        text = raw.decode("ascii")
-    else:
+    if not raw.isascii() or b"\x1b" in raw:
         return None
+    text = raw.decode("ascii")
     if vr in (b"SH", b"LO"):
         values = [v.rstrip("\0 ") for v in text.split("\\")]
     else:
@@ -119,7 +124,7 @@ def walk_header(head: bytes, *, whole: bool) -> dict[str, Any] | None:
     if syntax is None:
         return None
     implicit, pos = syntax
-    header: dict[str, Any] = dict.fromkeys(_KEYWORDS)
+    header: dict[str, Any] = dict.fromkeys(HEADER_KEYWORDS)
     while pos < len(head) or not whole:
         found = _element(head, pos, implicit)
         if found is None:
@@ -132,7 +137,7 @@ def walk_header(head: bytes, *, whole: bool) -> dict[str, Any] | None:
         attribute = _ATTRIBUTES.get(tag)
         if attribute is not None:
             keyword, dictionary_vr = attribute
-            if vr is not None and vr != dictionary_vr:
+            if dictionary_vr not in _WALKED_VRS or vr not in (None, dictionary_vr):
                 return None
             value = _value(head[start : start + length], dictionary_vr)
             if value is None:

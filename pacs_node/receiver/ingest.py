@@ -19,25 +19,13 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from pacs_node.audit.models import StoreEventKind
 from pacs_node.audit.store import AuditStore, InstanceFacts
-from pacs_node.receiver.header_walk import walk_header
+from pacs_node.receiver.header_walk import HEADER_KEYWORDS, walk_header
 from pacs_node.receiver.received_file import HEAD_BYTES, ReceivedDigest
 from pacs_node.receiver.spool import Placement, Sealing, Spool, is_path_safe_uid
 from pacs_node.receiver.status import StoreStatus
 
 logger = logging.getLogger(__name__)
 
-_HEADER_TAGS = [
-    "SOPClassUID",
-    "SOPInstanceUID",
-    "StudyInstanceUID",
-    "SeriesInstanceUID",
-    "Modality",
-    "SeriesDescription",
-    "ImageType",
-    "AccessionNumber",
-    "StudyDate",
-    "SpecificCharacterSet",
-]
 _REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 _MAX_INSERT_ATTEMPTS = 5
 
@@ -77,7 +65,7 @@ def _text(value: object) -> str | None:
     return str(value).strip() or None
 
 
-_HEADER_TAG_NUMBERS: list[BaseTag | int] = [Tag(keyword) for keyword in _HEADER_TAGS]
+_HEADER_TAG_NUMBERS: list[BaseTag | int] = [Tag(keyword) for keyword in HEADER_KEYWORDS]
 _LAST_HEADER_TAG = max(_HEADER_TAG_NUMBERS)
 
 
@@ -90,7 +78,7 @@ def _past_header_tags(tag: BaseTag, vr: str | None, length: int) -> bool:
 def _read_header(source: Path | BytesIO) -> dict[str, Any]:
     with source.open("rb") if isinstance(source, Path) else source as f:
         ds = read_partial(f, stop_when=_past_header_tags, specific_tags=_HEADER_TAG_NUMBERS)
-    return {keyword: ds.get(keyword) for keyword in _HEADER_TAGS}
+    return {keyword: ds.get(keyword) for keyword in HEADER_KEYWORDS}
 
 
 def read_header(path: Path, received: ReceivedDigest | None = None) -> dict[str, Any]:

@@ -27,7 +27,8 @@ _HASHER = ThreadPoolExecutor(1, thread_name_prefix="received-sha256")
 _SYNCER = ThreadPoolExecutor(2, thread_name_prefix="received-fsync")
 
 
-def _fsync_and_close(fd: int) -> None:
+def fsync_and_close(fd: int) -> None:
+    """fsync ``fd`` and close it, also when the fsync fails."""
     try:
         os.fsync(fd)
     finally:
@@ -96,7 +97,7 @@ class ReceivedFile:
             fd = os.dup(self._wrapped.fileno())
         except OSError:
             return  # out of descriptors, say: the handler's own fsync then covers the file
-        self._synced = _SYNCER.submit(_fsync_and_close, fd)
+        self._synced = _SYNCER.submit(fsync_and_close, fd)
 
     def digest(self) -> ReceivedDigest:
         """The digest of everything written so far; call once the data set is complete."""

@@ -21,7 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from pacs_node.receiver.received_file import ReceivedDigest
+from pacs_node.receiver.received_file import ReceivedDigest, fsync_and_close
 
 logger = logging.getLogger(__name__)
 
@@ -63,13 +63,6 @@ class Placement:
     def wait_durable(self) -> None:
         for future in self._pending:
             future.result()
-
-
-def _fsync(fd: int) -> None:
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _digest(path: Path, fd: int) -> SealedFile:
@@ -140,7 +133,7 @@ class Spool:
             digest.set_result(SealedFile(path, received.sha256, received.size))
             synced = received.synced
             if synced is None:
-                synced = self._io.submit(_fsync, os.open(path, os.O_RDONLY))
+                synced = self._io.submit(fsync_and_close, os.open(path, os.O_RDONLY))
             return Sealing(digest=digest, synced=synced)
         # Opened here, not on the helper threads: pynetdicom may delete the temporary name
         # (after a refusal) before they run.
@@ -151,7 +144,7 @@ class Spool:
             os.close(fd)
             raise
         return Sealing(
-            digest=self._io.submit(_digest, path, fd), synced=self._io.submit(_fsync, dup)
+            digest=self._io.submit(_digest, path, fd), synced=self._io.submit(fsync_and_close, dup)
         )
 
     @staticmethod
