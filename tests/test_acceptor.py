@@ -12,6 +12,7 @@ import hashlib
 import os
 import queue
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -22,10 +23,11 @@ from tempfile import NamedTemporaryFile
 from typing import Any, cast
 
 import pytest
-from nodeharness import Node, free_port, storescu, wait_for
+from nodeharness import Node, echoscu, free_port, storescu, wait_for
+from pydicom import dcmread
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import NuclearMedicineImageStorage as NMImageStorage
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
@@ -43,6 +45,7 @@ from pacs_node.receiver.acceptor import (
     ReceiverDIMSE,
     ReceiverDUL,
     ReceiverSocket,
+    pdv_items,
 )
 from pacs_node.receiver.fixed_encodings import c_store_rsp_command_set, file_meta_information
 from pacs_node.receiver.ingest import Ingest, StoreRequest, StoreResult
@@ -126,14 +129,23 @@ def test_each_c_store_arrives_hashed_with_its_head(
     for req in receiver.ingest.requests:
         # The digest the DUL thread took is the one of the bytes now in the spool.
         assert req.received is not None
+        digest = req.received.digest()  # the one Ingest took
         stored = receiver.spool_file(req.sop_instance_uid).read_bytes()
-        assert req.received.sha256 == hashlib.sha256(stored).hexdigest()
-        assert req.received.size == len(stored) > HEAD_BYTES
-        assert req.received.head == stored[:HEAD_BYTES]
+        assert digest.sha256 == hashlib.sha256(stored).hexdigest()
+        assert digest.size == len(stored) > HEAD_BYTES
+        assert digest.head == stored[:HEAD_BYTES]
         # Its fsync was started by the DUL thread once the last fragment was in, and the
         # handler waited for it before answering.
-        assert req.received.synced is not None
-        assert req.received.synced.done() and req.received.synced.exception() is None
+        assert digest.synced is not None
+        assert digest.synced.done() and digest.synced.exception() is None
+
+
+def _pynetdicom_association(receiver: InProcessReceiver, abstract_syntax: str) -> Any:
+    ae = AE(ae_title="GAMMA_CAM")
+    ae.add_requested_context(abstract_syntax)
+    assoc = ae.associate("127.0.0.1", receiver.settings.node.port, ae_title="PACS_NODE")
+    assert assoc.is_established
+    return assoc
 
 
 @pytest.mark.parametrize("network_timeout", [1.0])
@@ -141,10 +153,7 @@ def test_the_network_timeout_still_ends_a_silent_association(
     receiver: InProcessReceiver,
 ) -> None:
     # dcmtk's tools cannot hold an association open without traffic: a pynetdicom SCU can.
-    ae = AE(ae_title="GAMMA_CAM")
-    ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", receiver.settings.node.port, ae_title="PACS_NODE")
-    assert assoc.is_established
+    assoc = _pynetdicom_association(receiver, Verification)
     started = time.monotonic()
     # The node's network timeout is 1 s: its DUL must notice the silence and abort.
     wait_for(lambda: assoc.is_aborted, timeout=10)
@@ -330,3 +339,98 @@ def test_a_dul_whose_socket_closed_waits_instead_of_spinning() -> None:
     finally:
         os.close(dul._wake_fd)
         theirs.close()
+
+
+def _pdv(context_id: int, control: int, data: bytes) -> bytes:
+    """One encoded PDV item (PS3.8 9.3.5.1): length, context ID, control header, data."""
+    return struct.pack(">LB", len(data) + 2, context_id) + bytes([control]) + data
+
+
+def test_pdv_items_are_views_of_each_fragment_with_its_control_header() -> None:
+    body = bytearray(
+        _pdv(1, 0x03, b"command") + _pdv(3, 0x00, b"\x01" * 1000) + _pdv(3, 0x02, b"end")
+    )
+    items = pdv_items(body)
+    assert items is not None
+    assert [(context_id, bytes(view)) for context_id, view in items] == [
+        (1, b"\x03command"),
+        (3, b"\x00" + b"\x01" * 1000),
+        (3, b"\x02end"),
+    ]
+    assert all(view.obj is body for _, view in items)  # views into the buffer, not copies
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",  # no item at all
+        _pdv(1, 0x03, b"command")[:5],  # cut inside the item header
+        struct.pack(">LB", 1, 1),  # an item with no room for its control header
+        struct.pack(">LB", 50, 1) + b"\x03short",  # an item running past the PDU's end
+        _pdv(1, 0x03, b"command") + b"\x00\x00",  # trailing bytes too few for an item
+    ],
+)
+def test_pdv_items_leave_malformed_bodies_to_pynetdicom(body: bytes) -> None:
+    assert pdv_items(bytearray(body)) is None
+
+
+def _record_decoded_pdu_types(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The type of every PDU pynetdicom itself decodes on a receiver DUL from now on."""
+    decoded: list[int] = []
+    original = ReceiverDUL._decode_pdu
+
+    def recording(self: ReceiverDUL, bytestream: bytearray) -> Any:
+        decoded.append(bytestream[0])
+        return original(self, bytestream)
+
+    monkeypatch.setattr(ReceiverDUL, "_decode_pdu", recording)
+    return decoded
+
+
+def _assert_stored_as_sent(receiver: InProcessReceiver, scans: list[Path]) -> None:
+    for scan in scans:
+        sent = dcmread(scan)
+        stored = dcmread(receiver.spool_file(str(sent.SOPInstanceUID)))
+        assert stored == sent  # every element, pixel data included
+
+
+def test_p_data_goes_to_dimse_without_pynetdicom_decoding_it(
+    receiver: InProcessReceiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decoded = _record_decoded_pdu_types(monkeypatch)
+    scans = write_synthetic_scans(tmp_path / "scans", count=2, seed=5)
+    result = storescu(receiver.peer, *scans)
+    assert result.returncode == 0, result.stderr
+    # The association's own PDUs took pynetdicom's path; no P-DATA-TF (0x04) did.
+    assert 0x01 in decoded and 0x05 in decoded  # A-ASSOCIATE-RQ, A-RELEASE-RQ
+    assert 0x04 not in decoded
+    _assert_stored_as_sent(receiver, scans)
+
+
+def test_a_pdu_listener_gets_every_p_data_decoded_by_pynetdicom(
+    receiver: InProcessReceiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decoded = _record_decoded_pdu_types(monkeypatch)
+    heard: list[str] = []
+    receiver.server.bind(evt.EVT_PDU_RECV, lambda event: heard.append(type(event.pdu).__name__))
+    scans = write_synthetic_scans(tmp_path / "scans", count=2, seed=6)
+    result = storescu(receiver.peer, *scans)
+    assert result.returncode == 0, result.stderr
+    # Each scan's command and its 1 MB data set: several P-DATA-TF PDUs per scan.
+    assert decoded.count(0x04) == heard.count("P_DATA_TF") >= 2 * 2
+    _assert_stored_as_sent(receiver, scans)
+
+
+def test_a_malformed_p_data_gets_pynetdicoms_abort_and_the_node_serves_on(
+    receiver: InProcessReceiver,
+) -> None:
+    # dcmtk's tools cannot send a malformed PDU: a pynetdicom SCU's socket can.
+    assoc = _pynetdicom_association(receiver, NMImageStorage)
+    context_id = assoc.accepted_contexts[0].context_id
+    item = struct.pack(">LB", 500, context_id) + b"\x03" + b"\x00" * 20  # runs past the end
+    assert assoc.dul.socket is not None
+    assoc.dul.socket.send(struct.pack(">BBL", 0x04, 0, len(item)) + item)
+    # pynetdicom's answer to an undecodable PDU (Sta6 + Evt19: AA-8) is an A-ABORT.
+    assert wait_for(lambda: assoc.is_aborted, timeout=10)
+    result = echoscu(receiver.peer)
+    assert result.returncode == 0, result.stderr

@@ -193,6 +193,12 @@ class AuditStore:
 
     # -- instances ------------------------------------------------------------------------
 
+    def stored_versions(self, sop_instance_uid: str) -> list[tuple[int, str]]:
+        """(version, sha256) of every stored copy of ``sop_instance_uid``."""
+        with self._reader.connect() as conn:
+            rows = conn.execute(_SELECT_VERSIONS, {"uid": sop_instance_uid}).all()
+        return [(int(version), str(sha256)) for version, sha256 in rows]
+
     def store_instance(
         self,
         facts: InstanceFacts,
@@ -202,6 +208,7 @@ class AuditStore:
         sha256: str,
         size_bytes: int,
         place: Callable[[int], Placement],
+        known_versions: Sequence[tuple[int, str]] | None = None,
     ) -> StoreOutcome:
         """Record a received object in one transaction, or its identical twin as a duplicate.
 
@@ -209,6 +216,8 @@ class AuditStore:
         placement is durable, so a committed row always has its file on disk. Raises
         ``sqlalchemy.exc.IntegrityError`` when another receiver stored the same SOP Instance
         UID and version first: the caller retries and will see that version.
+        ``known_versions``: what :meth:`stored_versions` said a moment ago, read here if
+        None; a version stored since is caught by the unique key as above.
         """
         event = {
             "association_id": association_id,
@@ -217,8 +226,11 @@ class AuditStore:
             "series_instance_uid": facts.series_instance_uid,
             "status": 0x0000,
         }
-        with self._reader.connect() as conn:
-            versions = conn.execute(_SELECT_VERSIONS, {"uid": facts.sop_instance_uid}).all()
+        versions = (
+            self.stored_versions(facts.sop_instance_uid)
+            if known_versions is None
+            else known_versions
+        )
         same = next((v for v, h in versions if h == sha256), None)
         if same is not None:
             now = utcnow()

@@ -7,10 +7,16 @@ delay on the way in or out is paid once per instance. pynetdicom polls:
   so the response the handler queued waits up to 1 ms before it is written;
 * the association thread sleeps 1 ms before each look for a decoded DIMSE message, so a
   received object waits up to 1 ms before its handler starts;
-* the socket is read 4 KiB at a time: 256 Python-level ``recv`` calls per MB.
+* the socket is read 4 KiB at a time: 256 Python-level ``recv`` calls per MB;
+* each P-DATA-TF PDU is copied five times (into the read buffer, into ``bytes``, into each
+  PDV item, into the P-DATA primitive's fragments, and without the control byte for the
+  file) and passes through the state machine, though in Sta6 it leaves the state as it is.
 
-Here pynetdicom's state machine, PDUs and DIMSE decoding are untouched; only the waits
-change, and each C-STORE's data set is hashed as it arrives (``received_file``) and its
+Here pynetdicom's state machine, DIMSE decoding and every PDU but P-DATA-TF are untouched.
+The waits change; in an established association (Sta6) with nobody listening to the PDU
+events, a P-DATA-TF PDU's items are handed to DIMSE as views into the one buffer it was
+read into, as DT-2 would hand them (anything malformed takes pynetdicom's path, with its
+outcome); and each C-STORE's data set is hashed as it arrives (``received_file``) and its
 fsync started the moment its last fragment is written. The DUL thread waits in ``select``
 on its socket and on an eventfd that is signalled whenever a primitive is queued for
 sending; the association thread waits on an Event set whenever a DIMSE message or an ACSE
@@ -28,6 +34,7 @@ import os
 import queue
 import select
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -44,6 +51,7 @@ from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dimse_primitives import C_CANCEL, C_STORE, N_EVENT_REPORT
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler
 from pynetdicom.utils import make_target
@@ -52,6 +60,7 @@ from pacs_node.receiver.fixed_encodings import c_store_rsp_command_set, file_met
 from pacs_node.receiver.received_file import ReceivedFile
 
 LOGGER = logging.getLogger("pynetdicom.assoc")
+DUL_LOGGER = logging.getLogger("pynetdicom.dul")
 
 #: The longest either thread waits before it looks at its timers and flags again. Every
 #: message, primitive and socket event wakes its reader at once, so this only bounds how
@@ -64,6 +73,35 @@ _STOP_POLL_S = 0.001
 
 #: PDV item header (length 4, context 1) plus the P-DATA-TF PDU header (6).
 _PDATA_OVERHEAD = 11
+
+_P_DATA_TF = 0x04
+_PDU_TYPES = frozenset(range(0x01, 0x08))
+_PDU_HEADER = struct.Struct(">BBL")
+_PDV_LENGTH = struct.Struct(">L")
+#: Listeners that must see every PDU as pynetdicom decodes it: with any bound, no shortcut.
+_PDU_OBSERVERS = (evt.EVT_DATA_RECV, evt.EVT_PDU_RECV, evt.EVT_FSM_TRANSITION)
+
+
+def pdv_items(body: bytearray) -> list[tuple[int, memoryview]] | None:
+    """The (context ID, fragment) items of a P-DATA-TF PDU's body, each fragment a view
+    into ``body`` starting with its message control header (PS3.8 9.3.5.1, E.2).
+
+    None for a body pynetdicom must judge: empty, an item too short to hold a control
+    header, or one running past the end.
+    """
+    items: list[tuple[int, memoryview]] = []
+    end = len(body)
+    offset = 0
+    with memoryview(body) as view:
+        while offset < end:
+            if end - offset < 6:
+                return None
+            (length,) = _PDV_LENGTH.unpack_from(body, offset)
+            if length < 2 or offset + 4 + length > end:
+                return None
+            items.append((body[offset + 4], view[offset + 5 : offset + 4 + length]))
+            offset += 4 + length
+    return items or None
 
 
 def _file_meta_arguments(**arguments: Any) -> dict[str, Any]:
@@ -120,7 +158,7 @@ class ReceiverDUL(DULServiceProvider):
 
     def __init__(self, assoc: Association) -> None:
         super().__init__(assoc)
-        # The wait happens in _is_transport_event; pynetdicom's own sleep is skipped.
+        # The wait happens in _is_transport_event (see _run_events).
         self._run_loop_delay = 0
         self._wake_lock = threading.Lock()
         self._wake_fd: int | None = None
@@ -138,11 +176,48 @@ class ReceiverDUL(DULServiceProvider):
         with self._wake_lock:
             self._wake_fd = fd
         try:
-            super().run_reactor()
+            self._run_events()
         finally:
             with self._wake_lock:
                 self._wake_fd = None
                 os.close(fd)
+
+    def _run_events(self) -> None:
+        # pynetdicom 3.0.4's DULServiceProvider.run_reactor without its sleep between
+        # loops: _is_transport_event waits on the socket and the wake-up instead. Even a
+        # time.sleep(0) there gives up the GIL after every PDU the shortcut handles, and
+        # the DUL thread then waits for it behind the other threads.
+        self._idle_timer.start()
+        sock = cast(AssociationSocket, self.socket)
+        while True:
+            if not self.assoc._dul_ready.is_set():
+                self.assoc._dul_ready.set()
+            if self._kill_thread:
+                break
+            if self.artim_timer.expired:
+                self.event_queue.put("Evt18")
+            try:
+                if self._process_recv_primitive():
+                    pass
+                elif self._is_transport_event():
+                    self._idle_timer.restart()
+            except Exception as exc:
+                DUL_LOGGER.error("Exception in DUL.run(), aborting association")
+                DUL_LOGGER.exception(exc)
+                abort_pdu = A_ABORT_RQ()
+                abort_pdu.source = 0x02
+                abort_pdu.reason_diagnostic = 0x00
+                sock.send(abort_pdu.encode())
+                self.assoc.is_aborted = True
+                self.assoc.is_established = False
+                self.assoc._kill = True
+                self._kill_thread = True
+                return
+            try:
+                event = self.event_queue.get(block=False)
+            except queue.Empty:
+                continue
+            self.state_machine.do_action(event)
 
     def _is_transport_event(self) -> bool:
         self._wait_for_io()
@@ -175,6 +250,74 @@ class ReceiverDUL(DULServiceProvider):
         if fd in readable:
             with contextlib.suppress(BlockingIOError):
                 os.eventfd_read(fd)
+
+    def _read_pdu_data(self) -> None:
+        # pynetdicom 3.0.4's, reading the header and the body into separate buffers so that
+        # a P-DATA-TF's body can go to DIMSE without being copied (_pass_p_data).
+        sock = cast(AssociationSocket, self.socket)
+        try:
+            header = sock.recv(6)
+        except (OSError, TimeoutError) as exc:
+            DUL_LOGGER.error("Connection closed before the entire PDU was received")
+            DUL_LOGGER.exception(exc)
+            self.event_queue.put("Evt17")
+            return
+        try:
+            pdu_type, _, pdu_length = _PDU_HEADER.unpack(header)
+        except struct.error:
+            self.event_queue.put("Evt17")
+            return
+        if pdu_type not in _PDU_TYPES:
+            DUL_LOGGER.error(f"Unknown PDU type received '0x{pdu_type:02X}'")
+            self.event_queue.put("Evt19")
+            return
+        try:
+            body = sock.recv(pdu_length)
+        except (OSError, TimeoutError) as exc:
+            DUL_LOGGER.error("Connection closed before the entire PDU was received")
+            DUL_LOGGER.exception(exc)
+            self.event_queue.put("Evt17")
+            return
+        if len(body) != pdu_length:
+            DUL_LOGGER.error(
+                f"The received PDU is shorter than expected ({6 + len(body)} of "
+                f"{6 + pdu_length} bytes received)"
+            )
+            self.event_queue.put("Evt17")
+            return
+        if pdu_type == _P_DATA_TF and self._pass_p_data(body):
+            return
+        try:
+            pdu, event = self._decode_pdu(header + body)
+            self.event_queue.put(event)
+        except Exception as exc:
+            DUL_LOGGER.error("Unable to decode the received PDU data")
+            DUL_LOGGER.exception(exc)
+            self.event_queue.put("Evt19")
+            return
+        self._recv_pdu.put(pdu)
+
+    def _pass_p_data(self, body: bytearray) -> bool:
+        """Do DT-2 (Sta6 + Evt10: P-DATA indication, stay in Sta6) for a P-DATA-TF body,
+        handing DIMSE views into ``body``; False, having done nothing, where the state
+        machine must run (another state, events queued before this PDU, PDU listeners)
+        or the body is malformed."""
+        assoc = self.assoc
+        if (
+            self.state_machine.current_state != "Sta6"
+            or not self.event_queue.empty()
+            or not self._recv_pdu.empty()
+            or any(assoc.get_handlers(event) for event in _PDU_OBSERVERS)
+        ):
+            return False
+        items = pdv_items(body)
+        if items is None:
+            return False
+        primitive = P_DATA()
+        # Appended, not assigned: the setter accepts only bytes, and these are views.
+        primitive.presentation_data_value_list.extend(cast(list[tuple[int, bytes]], items))
+        assoc.dimse.receive_primitive(primitive)
+        return True
 
     def stop_dul(self) -> bool:
         # pynetdicom 3.0.4's, waiting with a wake-up instead of a 0 s busy loop.

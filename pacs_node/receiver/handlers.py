@@ -222,7 +222,7 @@ class ReceiverHandlers:
         received = getattr(request, "_dataset_file", None)
         store_request = StoreRequest(
             temp_path=Path(event.dataset_path),
-            received=received.digest() if isinstance(received, ReceivedFile) else None,
+            received=received if isinstance(received, ReceivedFile) else None,
             sop_class_uid=str(request.AffectedSOPClassUID),
             sop_instance_uid=str(request.AffectedSOPInstanceUID),
             transfer_syntax_uid=str(event.context.transfer_syntax),

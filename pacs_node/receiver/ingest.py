@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_partial
@@ -30,6 +30,14 @@ _REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesIn
 _MAX_INSERT_ATTEMPTS = 5
 
 
+class Receipt(Protocol):
+    """A data set received into a file that hashed it as it was written (ReceivedFile)."""
+
+    def digest(self) -> ReceivedDigest:
+        """The digest and head, once the hashing of the last fragment is done."""
+        ...
+
+
 @dataclass(frozen=True)
 class StoreRequest:
     """One C-STORE as the handler saw it."""
@@ -41,7 +49,7 @@ class StoreRequest:
     association_id: int
     calling_ae: str
     #: The digest and head taken while the file was written; None when it must be read.
-    received: ReceivedDigest | None = None
+    received: Receipt | None = None
 
 
 @dataclass(frozen=True)
@@ -108,10 +116,11 @@ def read_header(path: Path, received: ReceivedDigest | None = None) -> dict[str,
     return _read_header(path)
 
 
-def read_facts(req: StoreRequest) -> InstanceFacts:
-    """Read the header of the received file and check the UIDs the node relies on."""
+def read_facts(req: StoreRequest, received: ReceivedDigest | None) -> InstanceFacts:
+    """Read the header of the received file (its head in ``received`` when there is one)
+    and check the UIDs the node relies on."""
     try:
-        header = read_header(req.temp_path, req.received)
+        header = read_header(req.temp_path, received)
     except Exception as exc:
         # Untrusted bytes: anything pydicom raises (zlib.error for a corrupt deflate stream,
         # struct.error, ValueError, ...) means the data set does not decode.
@@ -189,24 +198,39 @@ class Ingest:
                 f"free disk {free // 2**20} MiB is below the floor of "
                 f"{self.min_free_bytes // 2**20} MiB",
             )
-        sealing = self.spool.start_seal(req.temp_path, req.received)
         try:
-            facts = read_facts(req)
+            # Read while the last fragments are still being hashed: the two overlap.
+            versions = self.audit.stored_versions(req.sop_instance_uid)
+        except SQLAlchemyError as exc:
+            return self._cannot_store(req, exc)
+        received = req.received.digest() if req.received is not None else None
+        sealing = self.spool.start_seal(req.temp_path, received)
+        try:
+            facts = read_facts(req, received)
         except HeaderError as exc:
             return self._refuse(req, exc.status, str(exc))
         try:
-            return self._store_durably(req, facts, sealing)
+            return self._store_durably(req, facts, sealing, versions)
         except (OSError, SQLAlchemyError) as exc:
-            logger.exception("could not store an instance")
-            return self._refuse(
-                req,
-                StoreStatus.PROCESSING_FAILURE,
-                f"could not store the object: {type(exc).__name__}: {str(exc)[:200]}",
-                series_uid=facts.series_instance_uid,
-            )
+            return self._cannot_store(req, exc, series_uid=facts.series_instance_uid)
+
+    def _cannot_store(
+        self, req: StoreRequest, exc: Exception, *, series_uid: str | None = None
+    ) -> StoreResult:
+        logger.error("could not store an instance", exc_info=exc)
+        return self._refuse(
+            req,
+            StoreStatus.PROCESSING_FAILURE,
+            f"could not store the object: {type(exc).__name__}: {str(exc)[:200]}",
+            series_uid=series_uid,
+        )
 
     def _store_durably(
-        self, req: StoreRequest, facts: InstanceFacts, sealing: Sealing
+        self,
+        req: StoreRequest,
+        facts: InstanceFacts,
+        sealing: Sealing,
+        versions: list[tuple[int, str]],
     ) -> StoreResult:
         sealed = sealing.digest.result()
         relative = self.spool.relative_path(
@@ -228,6 +252,7 @@ class Ingest:
                 placed = self.spool.replace(sealed, relative, sealing.synced)
             return placed
 
+        known: list[tuple[int, str]] | None = versions
         for _attempt in range(_MAX_INSERT_ATTEMPTS):
             try:
                 outcome = self.audit.store_instance(
@@ -237,9 +262,11 @@ class Ingest:
                     sha256=sealed.sha256,
                     size_bytes=sealed.size,
                     place=place,
+                    known_versions=known,
                 )
             except IntegrityError:
                 # Another receiver stored this SOP Instance UID meanwhile: look again.
+                known = None
                 continue
             if outcome.duplicate:
                 return StoreResult(StoreStatus.SUCCESS, f"duplicate of version {outcome.version}")

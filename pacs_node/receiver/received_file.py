@@ -12,17 +12,58 @@ message is decoded and handed to its handler instead of after.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import queue
+import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import IO, Any
 
 #: How much of the file's start is kept in memory for the header parse.
 HEAD_BYTES = 256 * 1024
 
-# One thread hashes for every file of the process: its single queue keeps each file's
-# fragments in the order they were written.
-_HASHER = ThreadPoolExecutor(1, thread_name_prefix="received-sha256")
+logger = logging.getLogger(__name__)
+
+
+class _Hasher:
+    """One thread that hashes the fragments of every file of the process, in the order
+    they were written. A plain queue of calls: a ThreadPoolExecutor's Future and locks per
+    fragment cost the DUL thread more than the hashing it hands over."""
+
+    def __init__(self) -> None:
+        self._calls: queue.SimpleQueue[tuple[Callable[[Any], object], Any]] = queue.SimpleQueue()
+        self._started = False
+        self._start_lock = threading.Lock()
+
+    def put(self, call: Callable[[Any], object], argument: Any) -> None:
+        if not self._started:
+            self._start()
+        self._calls.put((call, argument))
+
+    def wait(self) -> None:
+        """Return once every call put before this one has run."""
+        done = threading.Event()
+        self.put(lambda _: done.set(), None)
+        done.wait()
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if not self._started:
+                threading.Thread(target=self._run, name="received-sha256", daemon=True).start()
+                self._started = True
+
+    def _run(self) -> None:
+        while True:
+            call, argument = self._calls.get()
+            try:
+                call(argument)
+            except Exception:  # never the thread's end: every wait() would hang
+                logger.exception("hashing a received fragment failed")
+
+
+_HASHER = _Hasher()
 # fsync releases the GIL; two threads let two associations' files be flushed at once.
 _SYNCER = ThreadPoolExecutor(2, thread_name_prefix="received-fsync")
 
@@ -56,32 +97,35 @@ class ReceivedFile:
     def __init__(self, wrapped: IO[bytes] | Any) -> None:
         wrapped.flush()
         self._wrapped = wrapped
+        # The open file itself, not the NamedTemporaryFile wrapper whose every attribute
+        # is looked up through __getattr__.
+        self._buffered: Any = getattr(wrapped, "file", wrapped)
         self.name: str = wrapped.name
         self.file = self  # pynetdicom calls ``.file.flush()`` after every fragment
         self._sha256 = hashlib.sha256()
         self._head = bytearray()
         self._size = 0
-        self._hashed: Future[None] | None = None
         self._synced: Future[None] | None = None
+        self._digest: ReceivedDigest | None = None
         with open(self.name, "rb") as f:
             self._take(f.read())
 
-    def _take(self, data: bytes) -> None:
-        # ``data`` is a bytes object of its own (pynetdicom slices each fragment), so it
-        # cannot change while it waits for the hasher.
-        self._hashed = _HASHER.submit(self._sha256.update, data)
+    def _take(self, data: bytes | memoryview) -> None:
+        # ``data`` is never written to again: a bytes object of its own (pynetdicom slices
+        # each fragment) or a view into the buffer its PDU alone was read into.
+        _HASHER.put(self._sha256.update, data)
         self._size += len(data)
         room = HEAD_BYTES - len(self._head)
         if room > 0:
             self._head += data[:room]
 
-    def write(self, data: bytes) -> int:
-        written: int = self._wrapped.write(data)
+    def write(self, data: bytes | memoryview) -> int:
+        written: int = self._buffered.write(data)
         self._take(data)
         return written
 
     def flush(self) -> None:
-        self._wrapped.flush()
+        self._buffered.flush()
 
     def close(self) -> None:
         self._wrapped.close()
@@ -93,17 +137,19 @@ class ReceivedFile:
         which may answer (a refusal) without waiting for it.
         """
         try:
-            self._wrapped.flush()
+            self._buffered.flush()
             fd = os.dup(self._wrapped.fileno())
         except OSError:
             return  # out of descriptors, say: the handler's own fsync then covers the file
         self._synced = _SYNCER.submit(fsync_and_close, fd)
 
     def digest(self) -> ReceivedDigest:
-        """The digest of everything written so far; call once the data set is complete."""
-        self._wrapped.flush()
-        if self._hashed is not None:
-            self._hashed.result()
-        return ReceivedDigest(
-            self._sha256.hexdigest(), self._size, bytes(self._head), synced=self._synced
-        )
+        """The digest of the whole data set; call once it is complete (the first call
+        fixes the result, so later ones may come after the file is closed)."""
+        if self._digest is None:
+            self._buffered.flush()
+            _HASHER.wait()
+            self._digest = ReceivedDigest(self._sha256.hexdigest(), self._size, bytes(self._head))
+        if self._digest.synced is not self._synced:
+            self._digest = replace(self._digest, synced=self._synced)
+        return self._digest

@@ -378,6 +378,10 @@ def measure(receiver: Receiver, files: FileSet, work: Path) -> tuple[float, int]
     """Seconds to send ``files`` and how many of them the receiver then holds."""
     try:
         endpoint = receiver.start(work)
+        # The previous run's writes (storescp's 500 MB are never fsynced) and this
+        # receiver's start-up are flushed first: their writeback would otherwise run under
+        # this run and slow every fsync of it.
+        os.sync()
         seconds = send(files, endpoint, work)
         if receiver.count_while_running:
             return seconds, receiver.stored(files.sop_instance_uids)
