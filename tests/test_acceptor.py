@@ -15,7 +15,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -32,6 +32,8 @@ from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dsutils import create_file_meta
+from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy import select
 
@@ -45,6 +47,7 @@ from pacs_node.receiver.acceptor import (
     ReceiverDIMSE,
     ReceiverDUL,
     ReceiverSocket,
+    p_data_tf,
     pdv_items,
 )
 from pacs_node.receiver.fixed_encodings import c_store_rsp_command_set, file_meta_information
@@ -374,17 +377,29 @@ def test_pdv_items_leave_malformed_bodies_to_pynetdicom(body: bytes) -> None:
     assert pdv_items(bytearray(body)) is None
 
 
+def _record_calls(
+    monkeypatch: pytest.MonkeyPatch, method: str, what: Callable[[Any], Any]
+) -> list[Any]:
+    """``what(argument)`` for every call of ``ReceiverDUL.<method>`` from now on."""
+    seen: list[Any] = []
+    original = getattr(ReceiverDUL, method)
+
+    def recording(self: ReceiverDUL, argument: Any) -> Any:
+        seen.append(what(argument))
+        return original(self, argument)
+
+    monkeypatch.setattr(ReceiverDUL, method, recording)
+    return seen
+
+
 def _record_decoded_pdu_types(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The type of every PDU pynetdicom itself decodes on a receiver DUL from now on."""
-    decoded: list[int] = []
-    original = ReceiverDUL._decode_pdu
+    return _record_calls(monkeypatch, "_decode_pdu", lambda bytestream: bytestream[0])
 
-    def recording(self: ReceiverDUL, bytestream: bytearray) -> Any:
-        decoded.append(bytestream[0])
-        return original(self, bytestream)
 
-    monkeypatch.setattr(ReceiverDUL, "_decode_pdu", recording)
-    return decoded
+def _record_sent_pdu_types(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The class of every PDU a receiver DUL's state machine sends from now on."""
+    return _record_calls(monkeypatch, "_send", lambda pdu: type(pdu).__name__)
 
 
 def _assert_stored_as_sent(receiver: InProcessReceiver, scans: list[Path]) -> None:
@@ -434,3 +449,67 @@ def test_a_malformed_p_data_gets_pynetdicoms_abort_and_the_node_serves_on(
     assert wait_for(lambda: assoc.is_aborted, timeout=10)
     result = echoscu(receiver.peer)
     assert result.returncode == 0, result.stderr
+
+
+def test_p_data_tf_is_the_pdu_pynetdicom_encodes() -> None:
+    fragment = b"\x03" + c_store_rsp_command_set(
+        message_id_being_responded_to=7,
+        affected_sop_class_uid=str(NMImageStorage),
+        affected_sop_instance_uid="1.2.826.0.1.3680043.8.498.1",
+        status=0x0000,
+    )
+    primitive = P_DATA()
+    primitive.presentation_data_value_list.append((5, fragment))
+    assert p_data_tf(5, fragment) == P_DATA_TF(primitive).encode()
+
+
+def test_c_store_responses_are_written_by_the_association_thread(
+    receiver: InProcessReceiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent = _record_sent_pdu_types(monkeypatch)
+    scans = write_synthetic_scans(tmp_path / "scans", count=2, seed=8)
+    result = storescu(receiver.peer, *scans)
+    # storescu read both responses as successes: the PDUs written directly are well formed.
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("Received Store Response (Success)") == 2
+    assert "A_ASSOCIATE_AC" in sent and "A_RELEASE_RP" in sent
+    assert "P_DATA_TF" not in sent
+    _assert_stored_as_sent(receiver, scans)
+
+
+def test_a_send_listener_gets_every_response_from_the_state_machine(
+    receiver: InProcessReceiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent = _record_sent_pdu_types(monkeypatch)
+    heard: list[str] = []
+    receiver.server.bind(evt.EVT_PDU_SENT, lambda event: heard.append(type(event.pdu).__name__))
+    scans = write_synthetic_scans(tmp_path / "scans", count=2, seed=9)
+    result = storescu(receiver.peer, *scans)
+    assert result.returncode == 0, result.stderr
+    assert sent.count("P_DATA_TF") == heard.count("P_DATA_TF") == 2
+
+
+def test_a_direct_write_never_overtakes_a_queued_p_data() -> None:
+    assoc = ReceiverAssociation(AE(ae_title="PACS_NODE"), MODE_ACCEPTOR)
+    dul = cast(ReceiverDUL, assoc.dul)
+    ours, theirs = socket.socketpair()
+    assoc.set_socket(ReceiverSocket(assoc, client_socket=ours))
+    dul.event_queue.get_nowait()  # Evt5, put by the socket
+    pdu = p_data_tf(1, b"\x03command")
+    try:
+        dul.state_machine.current_state = "Sta6"
+        queued = P_DATA()
+        queued.presentation_data_value_list.append((1, b"\x03earlier"))
+        dul.send_pdu(queued)
+        assert not dul.send_p_data_now(pdu)  # it waits in the queue for the state machine
+        dul.to_provider_queue.get_nowait()  # taken by DT-1, which has not written it yet
+        assert not dul.send_p_data_now(pdu)
+        dul._send(P_DATA_TF(queued))  # written
+        assert theirs.recv(100) == P_DATA_TF(queued).encode()
+        assert dul.send_p_data_now(pdu)
+        assert theirs.recv(100) == pdu
+        dul.state_machine.current_state = "Sta13"  # the association is going away
+        assert not dul.send_p_data_now(pdu)
+    finally:
+        ours.close()
+        theirs.close()

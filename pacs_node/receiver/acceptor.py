@@ -8,6 +8,8 @@ delay on the way in or out is paid once per instance. pynetdicom polls:
 * the association thread sleeps 1 ms before each look for a decoded DIMSE message, so a
   received object waits up to 1 ms before its handler starts;
 * the socket is read 4 KiB at a time: 256 Python-level ``recv`` calls per MB;
+* a response waits for the DUL thread to wake, take the GIL and run the state machine
+  before it is written;
 * each P-DATA-TF PDU is copied five times (into the read buffer, into ``bytes``, into each
   PDV item, into the P-DATA primitive's fragments, and without the control byte for the
   file) and passes through the state machine, though in Sta6 it leaves the state as it is.
@@ -16,7 +18,9 @@ Here pynetdicom's state machine, DIMSE decoding and every PDU but P-DATA-TF are 
 The waits change; in an established association (Sta6) with nobody listening to the PDU
 events, a P-DATA-TF PDU's items are handed to DIMSE as views into the one buffer it was
 read into, as DT-2 would hand them (anything malformed takes pynetdicom's path, with its
-outcome); and each C-STORE's data set is hashed as it arrives (``received_file``) and its
+outcome); a plain C-STORE response is written by the association thread itself, as DT-1
+would write it, under the lock every other write of the DUL takes; and each C-STORE's
+data set is hashed as it arrives (``received_file``) and its
 fsync started the moment its last fragment is written. The DUL thread waits in ``select``
 on its socket and on an eventfd that is signalled whenever a primitive is queued for
 sending; the association thread waits on an Event set whenever a DIMSE message or an ACSE
@@ -51,7 +55,7 @@ from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dimse_primitives import C_CANCEL, C_STORE, N_EVENT_REPORT
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu import A_ABORT_RQ, P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler
 from pynetdicom.utils import make_target
@@ -80,6 +84,18 @@ _PDU_HEADER = struct.Struct(">BBL")
 _PDV_LENGTH = struct.Struct(">L")
 #: Listeners that must see every PDU as pynetdicom decodes it: with any bound, no shortcut.
 _PDU_OBSERVERS = (evt.EVT_DATA_RECV, evt.EVT_PDU_RECV, evt.EVT_FSM_TRANSITION)
+#: And those that must see every PDU pynetdicom sends.
+_SEND_OBSERVERS = (evt.EVT_DATA_SENT, evt.EVT_PDU_SENT, evt.EVT_FSM_TRANSITION)
+#: States in which a P-DATA request is sent as it is (Evt9: DT-1 in Sta6, AR-7 in Sta8).
+_P_DATA_STATES = frozenset({"Sta6", "Sta8"})
+_PDV_HEADER = struct.Struct(">BBLLB")
+
+
+def p_data_tf(context_id: int, fragment: bytes) -> bytes:
+    """A P-DATA-TF PDU of one PDV item; ``fragment`` starts with its control header."""
+    return _PDV_HEADER.pack(_P_DATA_TF, 0, len(fragment) + 5, len(fragment) + 1, context_id) + (
+        fragment
+    )
 
 
 def pdv_items(body: bytearray) -> list[tuple[int, memoryview]] | None:
@@ -162,6 +178,12 @@ class ReceiverDUL(DULServiceProvider):
         self._run_loop_delay = 0
         self._wake_lock = threading.Lock()
         self._wake_fd: int | None = None
+        # Held by every write to the socket: the association thread's (send_p_data_now)
+        # and this thread's.
+        self._send_lock = threading.Lock()
+        # P-DATA requests queued for the state machine and not yet written: one written
+        # directly must not overtake them.
+        self._p_data_queued = 0
         self.to_provider_queue = _SignallingQueue(self.wake)
 
     def wake(self) -> None:
@@ -207,7 +229,8 @@ class ReceiverDUL(DULServiceProvider):
                 abort_pdu = A_ABORT_RQ()
                 abort_pdu.source = 0x02
                 abort_pdu.reason_diagnostic = 0x00
-                sock.send(abort_pdu.encode())
+                with self._send_lock:
+                    sock.send(abort_pdu.encode())
                 self.assoc.is_aborted = True
                 self.assoc.is_established = False
                 self.assoc._kill = True
@@ -250,6 +273,37 @@ class ReceiverDUL(DULServiceProvider):
         if fd in readable:
             with contextlib.suppress(BlockingIOError):
                 os.eventfd_read(fd)
+
+    def send_pdu(self, primitive: Any) -> None:
+        if isinstance(primitive, P_DATA):
+            with self._send_lock:
+                self._p_data_queued += 1
+        super().send_pdu(primitive)
+
+    def _send(self, pdu: Any) -> None:
+        with self._send_lock:
+            super()._send(pdu)
+            # Every P-DATA-TF the state machine sends is a queued P-DATA request (DT-1, AR-7).
+            if isinstance(pdu, P_DATA_TF):
+                self._p_data_queued -= 1
+
+    def send_p_data_now(self, pdu: bytes) -> bool:
+        """Write an encoded P-DATA-TF PDU on the calling thread, as the state machine would
+        on a P-DATA request (Evt9) in Sta6 or Sta8; False, having done nothing, where the
+        state machine must run it (another state, anything queued before it, listeners)."""
+        with self._send_lock:
+            sock = self.socket
+            if (
+                sock is None
+                or self.state_machine.current_state not in _P_DATA_STATES
+                or self._p_data_queued
+                or not self.to_provider_queue.empty()
+                or not self.event_queue.empty()
+                or any(self.assoc.get_handlers(event) for event in _SEND_OBSERVERS)
+            ):
+                return False
+            sock.send(pdu)  # a failure puts Evt17 (connection closed) on the event queue
+        return True
 
     def _read_pdu_data(self) -> None:
         # pynetdicom 3.0.4's, reading the header and the body into separate buffers so that
@@ -339,10 +393,14 @@ class ReceiverDIMSE(DIMSEServiceProvider):
         if command is None:
             super().send_msg(primitive, context_id)
             return
-        pdata = P_DATA()
         # 0x03: the command set's last (and only) fragment (PS3.8 E.2).
-        pdata.presentation_data_value_list.append((context_id, b"\x03" + command))
-        self.dul.send_pdu(pdata)
+        fragment = b"\x03" + command
+        dul = cast(ReceiverDUL, self.dul)
+        if dul.send_p_data_now(p_data_tf(context_id, fragment)):
+            return
+        pdata = P_DATA()
+        pdata.presentation_data_value_list.append((context_id, fragment))
+        dul.send_pdu(pdata)
 
     def _plain_c_store_rsp(self, primitive: Any) -> bytes | None:
         """The encoded command set, or None where pynetdicom's own path is needed."""

@@ -390,13 +390,20 @@ def measure(receiver: Receiver, files: FileSet, work: Path) -> tuple[float, int]
     return seconds, receiver.stored(files.sop_instance_uids)
 
 
-def run_one(name: str, senders: int, files: FileSet, work: Path, database_url: str) -> RunResult:
+def run_one(
+    name: str, senders: int, files: FileSet, work: Path, database_url: str, *, keep: bool
+) -> RunResult:
     work.mkdir(parents=True)
     count = len(files.sop_instance_uids)
     try:
         seconds, stored = measure(make_receiver(name, database_url), files, work)
     except (BenchError, OSError, subprocess.TimeoutExpired, json.JSONDecodeError) as exc:
         return RunResult(name, senders, count, files.total_bytes, 0.0, str(exc))
+    finally:
+        if not keep:
+            # What a run stored (500 MB) is gone before the next starts: runs do not see
+            # a disk that fills round by round.
+            shutil.rmtree(work, ignore_errors=True)
     error = None if stored == count else f"stored {stored} of {count} instances sent"
     return RunResult(name, senders, count, files.total_bytes, seconds, error)
 
@@ -513,7 +520,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for name in args.receivers:
                     print(f"round {round_}: {LABELS[name]}, {plural(senders)} ...", flush=True)
                     work = root / f"run-{round_}-{name}-{senders}"
-                    result = run_one(name, senders, file_sets[senders], work, args.database_url)
+                    result = run_one(
+                        name, senders, file_sets[senders], work, args.database_url, keep=args.keep
+                    )
                     if not result.ok:
                         print(f"  FAILED: {result.error}", flush=True)
                     results.append(result)
