@@ -9,7 +9,9 @@ sender count before any timing, then sent with dcmtk ``storescu`` (one process p
 disjoint file sets) to each receiver started fresh on free loopback ports. The time runs
 from the first ``storescu`` start to the last exit; MB are 10^6 bytes of the files sent.
 Each receiver is then checked to hold every instance sent; a failed send or a lost
-instance makes the exit status non-zero.
+instance makes the exit status non-zero. Every run starts after an ``os.sync()``, so that
+no receiver pays for the writeback of the one before (storescp never fsyncs), and what it
+stored is deleted before the next run (``--keep`` keeps it).
 
 A shared VM's disk and CPU vary from minute to minute (here Orthanc's rate moved between
 53 and 155 inst/s within one hour), so every receiver is run once per round, the rounds
