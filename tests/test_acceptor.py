@@ -12,6 +12,7 @@ import hashlib
 import os
 import queue
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -28,6 +29,7 @@ from pydicom import dcmread
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import NuclearMedicineImageStorage as NMImageStorage
 from pynetdicom import AE, evt
+from pynetdicom import _config as pynetdicom_config
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
@@ -489,15 +491,22 @@ def test_a_send_listener_gets_every_response_from_the_state_machine(
     assert sent.count("P_DATA_TF") == heard.count("P_DATA_TF") == 2
 
 
-def test_a_direct_write_never_overtakes_a_queued_p_data() -> None:
+def _established_dul(monkeypatch: pytest.MonkeyPatch, sock: socket.socket) -> ReceiverDUL:
+    """A receiver DUL on ``sock`` in Sta6, with no listeners bound (as the server runs it)."""
+    monkeypatch.setattr(pynetdicom_config, "LOG_HANDLER_LEVEL", "none")
     assoc = ReceiverAssociation(AE(ae_title="PACS_NODE"), MODE_ACCEPTOR)
+    assoc.set_socket(ReceiverSocket(assoc, client_socket=sock))
     dul = cast(ReceiverDUL, assoc.dul)
-    ours, theirs = socket.socketpair()
-    assoc.set_socket(ReceiverSocket(assoc, client_socket=ours))
     dul.event_queue.get_nowait()  # Evt5, put by the socket
+    dul.state_machine.current_state = "Sta6"
+    return dul
+
+
+def test_a_direct_write_never_overtakes_a_queued_p_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    ours, theirs = socket.socketpair()
+    dul = _established_dul(monkeypatch, ours)
     pdu = p_data_tf(1, b"\x03command")
     try:
-        dul.state_machine.current_state = "Sta6"
         queued = P_DATA()
         queued.presentation_data_value_list.append((1, b"\x03earlier"))
         dul.send_pdu(queued)
@@ -512,4 +521,19 @@ def test_a_direct_write_never_overtakes_a_queued_p_data() -> None:
         assert not dul.send_p_data_now(pdu)
     finally:
         ours.close()
+        theirs.close()
+
+
+def test_a_tls_association_leaves_its_responses_to_the_dul_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ours, theirs = socket.socketpair()
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).wrap_socket(
+        ours, server_side=True, do_handshake_on_connect=False
+    )
+    dul = _established_dul(monkeypatch, tls)
+    try:
+        assert not dul.send_p_data_now(p_data_tf(1, b"\x03command"))
+    finally:
+        tls.close()
         theirs.close()

@@ -290,11 +290,14 @@ class ReceiverDUL(DULServiceProvider):
     def send_p_data_now(self, pdu: bytes) -> bool:
         """Write an encoded P-DATA-TF PDU on the calling thread, as the state machine would
         on a P-DATA request (Evt9) in Sta6 or Sta8; False, having done nothing, where the
-        state machine must run it (another state, anything queued before it, listeners)."""
+        state machine must run it (another state, anything queued before it, listeners,
+        TLS: an OpenSSL connection must not be written on one thread while another may be
+        reading it)."""
         with self._send_lock:
             sock = self.socket
             if (
                 sock is None
+                or isinstance(sock.socket, ssl.SSLSocket)
                 or self.state_machine.current_state not in _P_DATA_STATES
                 or self._p_data_queued
                 or not self.to_provider_queue.empty()
