@@ -14,6 +14,7 @@ import queue
 import socket
 import ssl
 import struct
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -404,6 +405,23 @@ def _record_sent_pdu_types(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return _record_calls(monkeypatch, "_send", lambda pdu: type(pdu).__name__)
 
 
+def _store_two_scans(
+    receiver: InProcessReceiver, tmp_path: Path, *, seed: int
+) -> tuple[list[Path], subprocess.CompletedProcess[str]]:
+    """Two synthetic scans sent with storescu in one association, which must succeed."""
+    scans = write_synthetic_scans(tmp_path / "scans", count=2, seed=seed)
+    result = storescu(receiver.peer, *scans)
+    assert result.returncode == 0, result.stderr
+    return scans, result
+
+
+def _listen(receiver: InProcessReceiver, event: evt.NotificationEvent) -> list[str]:
+    """The class of every PDU the server's associations report under ``event`` from now on."""
+    heard: list[str] = []
+    receiver.server.bind(event, lambda event: heard.append(type(event.pdu).__name__))
+    return heard
+
+
 def _assert_stored_as_sent(receiver: InProcessReceiver, scans: list[Path]) -> None:
     for scan in scans:
         sent = dcmread(scan)
@@ -415,9 +433,7 @@ def test_p_data_goes_to_dimse_without_pynetdicom_decoding_it(
     receiver: InProcessReceiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     decoded = _record_decoded_pdu_types(monkeypatch)
-    scans = write_synthetic_scans(tmp_path / "scans", count=2, seed=5)
-    result = storescu(receiver.peer, *scans)
-    assert result.returncode == 0, result.stderr
+    scans, _ = _store_two_scans(receiver, tmp_path, seed=5)
     # The association's own PDUs took pynetdicom's path; no P-DATA-TF (0x04) did.
     assert 0x01 in decoded and 0x05 in decoded  # A-ASSOCIATE-RQ, A-RELEASE-RQ
     assert 0x04 not in decoded
@@ -428,11 +444,8 @@ def test_a_pdu_listener_gets_every_p_data_decoded_by_pynetdicom(
     receiver: InProcessReceiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     decoded = _record_decoded_pdu_types(monkeypatch)
-    heard: list[str] = []
-    receiver.server.bind(evt.EVT_PDU_RECV, lambda event: heard.append(type(event.pdu).__name__))
-    scans = write_synthetic_scans(tmp_path / "scans", count=2, seed=6)
-    result = storescu(receiver.peer, *scans)
-    assert result.returncode == 0, result.stderr
+    heard = _listen(receiver, evt.EVT_PDU_RECV)
+    scans, _ = _store_two_scans(receiver, tmp_path, seed=6)
     # Each scan's command and its 1 MB data set: several P-DATA-TF PDUs per scan.
     assert decoded.count(0x04) == heard.count("P_DATA_TF") >= 2 * 2
     _assert_stored_as_sent(receiver, scans)
@@ -469,10 +482,8 @@ def test_c_store_responses_are_written_by_the_association_thread(
     receiver: InProcessReceiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sent = _record_sent_pdu_types(monkeypatch)
-    scans = write_synthetic_scans(tmp_path / "scans", count=2, seed=8)
-    result = storescu(receiver.peer, *scans)
+    scans, result = _store_two_scans(receiver, tmp_path, seed=8)
     # storescu read both responses as successes: the PDUs written directly are well formed.
-    assert result.returncode == 0, result.stderr
     assert result.stderr.count("Received Store Response (Success)") == 2
     assert "A_ASSOCIATE_AC" in sent and "A_RELEASE_RP" in sent
     assert "P_DATA_TF" not in sent
@@ -483,11 +494,8 @@ def test_a_send_listener_gets_every_response_from_the_state_machine(
     receiver: InProcessReceiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sent = _record_sent_pdu_types(monkeypatch)
-    heard: list[str] = []
-    receiver.server.bind(evt.EVT_PDU_SENT, lambda event: heard.append(type(event.pdu).__name__))
-    scans = write_synthetic_scans(tmp_path / "scans", count=2, seed=9)
-    result = storescu(receiver.peer, *scans)
-    assert result.returncode == 0, result.stderr
+    heard = _listen(receiver, evt.EVT_PDU_SENT)
+    _store_two_scans(receiver, tmp_path, seed=9)
     assert sent.count("P_DATA_TF") == heard.count("P_DATA_TF") == 2
 
 

@@ -311,13 +311,8 @@ class ReceiverDUL(DULServiceProvider):
     def _read_pdu_data(self) -> None:
         # pynetdicom 3.0.4's, reading the header and the body into separate buffers so that
         # a P-DATA-TF's body can go to DIMSE without being copied (_pass_p_data).
-        sock = cast(AssociationSocket, self.socket)
-        try:
-            header = sock.recv(6)
-        except (OSError, TimeoutError) as exc:
-            DUL_LOGGER.error("Connection closed before the entire PDU was received")
-            DUL_LOGGER.exception(exc)
-            self.event_queue.put("Evt17")
+        header = self._recv_or_close(6)
+        if header is None:
             return
         try:
             pdu_type, _, pdu_length = _PDU_HEADER.unpack(header)
@@ -328,12 +323,8 @@ class ReceiverDUL(DULServiceProvider):
             DUL_LOGGER.error(f"Unknown PDU type received '0x{pdu_type:02X}'")
             self.event_queue.put("Evt19")
             return
-        try:
-            body = sock.recv(pdu_length)
-        except (OSError, TimeoutError) as exc:
-            DUL_LOGGER.error("Connection closed before the entire PDU was received")
-            DUL_LOGGER.exception(exc)
-            self.event_queue.put("Evt17")
+        body = self._recv_or_close(pdu_length)
+        if body is None:
             return
         if len(body) != pdu_length:
             DUL_LOGGER.error(
@@ -353,6 +344,16 @@ class ReceiverDUL(DULServiceProvider):
             self.event_queue.put("Evt19")
             return
         self._recv_pdu.put(pdu)
+
+    def _recv_or_close(self, nr_bytes: int) -> bytearray | None:
+        """Up to ``nr_bytes`` from the socket; None, with Evt17 queued, when it failed."""
+        try:
+            return cast(ReceiverSocket, self.socket).recv(nr_bytes)
+        except (OSError, TimeoutError) as exc:
+            DUL_LOGGER.error("Connection closed before the entire PDU was received")
+            DUL_LOGGER.exception(exc)
+            self.event_queue.put("Evt17")
+            return None
 
     def _pass_p_data(self, body: bytearray) -> bool:
         """Do DT-2 (Sta6 + Evt10: P-DATA indication, stay in Sta6) for a P-DATA-TF body,

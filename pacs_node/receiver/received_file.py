@@ -18,7 +18,7 @@ import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import IO, Any
 
 #: How much of the file's start is kept in memory for the header parse.
@@ -106,7 +106,7 @@ class ReceivedFile:
         self._head = bytearray()
         self._size = 0
         self._synced: Future[None] | None = None
-        self._digest: ReceivedDigest | None = None
+        self._hashed: tuple[str, int, bytes] | None = None  # sha256, size, head once complete
         with open(self.name, "rb") as f:
             self._take(f.read())
 
@@ -146,10 +146,8 @@ class ReceivedFile:
     def digest(self) -> ReceivedDigest:
         """The digest of the whole data set; call once it is complete (the first call
         fixes the result, so later ones may come after the file is closed)."""
-        if self._digest is None:
+        if self._hashed is None:
             self._buffered.flush()
             _HASHER.wait()
-            self._digest = ReceivedDigest(self._sha256.hexdigest(), self._size, bytes(self._head))
-        if self._digest.synced is not self._synced:
-            self._digest = replace(self._digest, synced=self._synced)
-        return self._digest
+            self._hashed = (self._sha256.hexdigest(), self._size, bytes(self._head))
+        return ReceivedDigest(*self._hashed, synced=self._synced)
