@@ -15,8 +15,9 @@ from enhancer.checkpoint import load_checkpoint
 from enhancer.runtime import Enhancer
 from pacs_node.synth import synthetic_scan_counts
 from training.config import OptionsError, load_options
+from training.data.targets import expected_target
 from training.data_registry import build_dataset
-from training.train import build_model, seed_everything, train, validate
+from training.train import _pixel_weights, build_model, seed_everything, train, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "training" / "options" / "tiny.yaml"
@@ -115,6 +116,37 @@ def test_the_no_prior_ablation_ships_a_fast_only_model(tmp_path: Path) -> None:
     assert result is not None
     assert result.card.profiles == ("fast",)
     assert "val_psnr_cascade" not in result.metrics
+
+
+def test_count_weights_follow_the_target_s_counts() -> None:
+    lam = torch.tensor([0.0, 50.0, 1000.0], dtype=torch.float64)
+    target = torch.as_tensor(expected_target(lam.numpy()), dtype=torch.float64)
+    weights = _pixel_weights(target, 50.0)
+    assert weights is not None
+    # 1 + λ / 50, within the algebraic inverse's error (about 1/8 count, and 0 -> ~0.1).
+    torch.testing.assert_close(weights, 1.0 + lam / 50.0, atol=0.01, rtol=0.002)
+    assert _pixel_weights(target, None) is None
+
+
+def test_a_run_with_hot_crops_and_count_weights_trains(tmp_path: Path) -> None:
+    overrides = _quick(
+        tmp_path,
+        **{
+            "losses.count_reference": 20.0,
+            "data.train.hot_probability": 0.5,
+            "train.iterations": 4,
+            "train.val_every": 4,
+        },
+    )
+    options = load_options(TINY, overrides=overrides)
+    assert options.losses.count_reference == 20.0
+    result = train(options, progress=False)
+    assert result is not None
+    rows = list(csv.DictReader((tmp_path / "run" / "curves.csv").open()))
+    losses = [float(r["loss_total"]) for r in rows if r.get("loss_total")]
+    assert losses and all(0.0 < value < float("inf") for value in losses)
+    with pytest.raises(OptionsError, match=r"losses\.count_reference"):
+        load_options(TINY, overrides={"losses.count_reference": 0})
 
 
 def test_the_cli_reports_bad_options_in_one_line(tmp_path: Path) -> None:

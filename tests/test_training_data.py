@@ -34,7 +34,7 @@ from training.data import (
     register_rigid,
     rotate_nearest,
 )
-from training.data.crops import box_mean
+from training.data.crops import box_mean, crop_window, hot_pixels
 from training.data.targets import expected_target, held_out_target, independent_target
 
 SEED = 11
@@ -180,6 +180,49 @@ def test_random_crop_and_body_pixels() -> None:
     expected = np.ones((5, 5))
     assert box_mean(np.ones((9, 9)), 3)[2:7, 2:7] == pytest.approx(expected)
     assert box_mean(np.ones((9, 9)), 3)[0, 0] == pytest.approx(4.0 / 9.0)
+
+
+def test_hot_crops_hold_a_hot_pixel_anywhere_in_the_window() -> None:
+    image = np.ones((256, 128))
+    image[200:203, 20:23] = 1000.0  # an injection site: 9 pixels of 32 768
+    hot = hot_pixels(image)
+    assert hot.sum() == 9 and not hot_pixels(np.zeros((4, 4))).any()
+    rng = np.random.default_rng(0)
+    corners = set()
+    for _ in range(50):
+        rows, cols = crop_window(image.shape, (64, 32), rng, hot=hot, hot_probability=1.0)
+        assert hot[rows, cols].any()
+        corners.add((rows.start, cols.start))
+    assert len(corners) > 25  # the spot lands anywhere in the window, not always mid-crop
+    misses = 0
+    for _ in range(200):
+        rows, cols = crop_window(image.shape, (64, 32), rng, hot=hot, hot_probability=0.5)
+        misses += not hot[rows, cols].any()
+    assert 60 < misses < 140  # half the crops follow the uniform / body rule
+    # At probability 0 the windows are exactly those of a call without hot spots.
+    first, second = np.random.default_rng(5), np.random.default_rng(5)
+    for _ in range(10):
+        assert crop_window(image.shape, (64, 32), first, hot=hot) == crop_window(
+            image.shape, (64, 32), second
+        )
+    with pytest.raises(ValueError, match="hot-spot probability"):
+        crop_window(image.shape, (64, 32), rng, hot=hot, hot_probability=1.5)
+
+
+def test_phantom_pairs_hot_crops_show_the_frame_s_hottest_spots() -> None:
+    dataset = PhantomPairs(seed=SEED, length=12, crop=(128, 64), hot_probability=1.0)
+    for index in range(len(dataset)):
+        scan, view = divmod(index, 2)
+        peak = float(dataset.render(scan)[view].truth.max())
+        assert float(_array(dataset[index], "truth").max()) >= 0.5 * peak
+    plain = PhantomPairs(seed=SEED, length=12, crop=(128, 64))
+    shown = [
+        float(_array(plain[i], "truth").max()) / float(plain.render(i // 2)[i % 2].truth.max())
+        for i in range(len(plain))
+    ]
+    assert min(shown) < 0.5  # body crops alone often miss them
+    with pytest.raises(ValueError, match="hot-spot probability"):
+        PhantomPairs(seed=SEED, length=2, hot_probability=-0.1)
 
 
 # --- thinned DICOM pairs ----------------------------------------------------------------------

@@ -65,6 +65,13 @@ class LossWeights(_Frozen):
     stage1: float = Field(0.5, ge=0)  # f_IR1 vs the standard scan, VST domain
     skd: float = Field(0.1, ge=0)
     scm: float = Field(0.05, ge=0)
+    #: Counts at which a pixel's squared error in the VST domain weighs twice as much: each
+    #: pixel's weight is ``1 + λ / count_reference`` (λ: the target's expected standard
+    #: counts), a blend of the VST-domain error, even across count levels, and the count-
+    #: domain error (``λ`` times the VST one) that PSNR on counts measures. Without it a few
+    #: hot pixels (injection site, bladder) carry almost no weight and come out flattened.
+    #: None: plain VST-domain squared error.
+    count_reference: float | None = Field(None, gt=0)
     #: False trains f_IR1 alone (the no-prior network): no SAM, no f_IR2.
     cascade: bool = True
 

@@ -144,6 +144,18 @@ def prior_scale(frame_long_side: torch.Tensor | float) -> float:
     return IMAGE_SIZE / float(torch.as_tensor(frame_long_side, dtype=torch.float64).mean())
 
 
+def _pixel_weights(target_vst: torch.Tensor, count_reference: float | None) -> torch.Tensor | None:
+    """``1 + λ / count_reference`` per pixel, λ the target's counts (see ``LossWeights``).
+
+    λ is the algebraic inverse of the target's Anscombe value: a weight needs its size, not
+    an unbiased estimate, and it is fixed (no gradient).
+    """
+    if count_reference is None:
+        return None
+    counts = (target_vst.detach() / 2.0) ** 2 - 0.375
+    return 1.0 + counts.clamp(min=0.0) / count_reference
+
+
 def _losses(
     model: CascadeModel,
     skd: SemanticKnowledgeDistillation,
@@ -161,12 +173,20 @@ def _losses(
     profile = Profile.CASCADE if weights.cascade else Profile.FAST
     scale = prior_scale(batch["frame_long_side"])
     out = model(x, profile=profile, prior_scale=scale)
-    terms = {"stage1": F.mse_loss(out.stage1 / vst_scale, target / vst_scale)}
+    weight = _pixel_weights(target, weights.count_reference)
+
+    def reconstruction(estimate: torch.Tensor) -> torch.Tensor:
+        if weight is None:
+            return F.mse_loss(estimate / vst_scale, target / vst_scale)
+        squared: torch.Tensor = ((estimate - target) / vst_scale) ** 2
+        return (weight * squared).mean()
+
+    terms = {"stage1": reconstruction(out.stage1)}
     if not weights.cascade:
         terms["total"] = terms["stage1"]
         return terms
     assert out.stage2 is not None
-    terms["reconstruction"] = F.mse_loss(out.stage2 / vst_scale, target / vst_scale)
+    terms["reconstruction"] = reconstruction(out.stage2)
     total = weights.reconstruction * terms["reconstruction"] + weights.stage1 * terms["stage1"]
     if weights.skd > 0:
         terms["skd"] = skd(out.features1, out.features2, out.stage1, out.stage2)

@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 from pacs_node.synth import thin_counts
 from training.data.cache import LruCache
-from training.data.crops import body_pixels, check_crop, crop_window
+from training.data.crops import body_pixels, check_crop, count_hot_pixels, crop_window
 from training.data.dicom_files import NMFile, PathsLike, find_nm_files, read_nm_counts
 from training.data.sample import EpochDataset, Sample, make_sample
 from training.data.targets import held_out_target
@@ -50,6 +50,9 @@ class ThinnedDicomPairs(EpochDataset):
         Refuse unusable files found in folders too.
     body_probability : float
         Chance that a crop is centred on the body.
+    hot_probability : float
+        Chance that a crop holds one of the frame's hot spots (3×3 mean standard counts at or
+        above half their maximum; :mod:`training.data.crops`).
     cache_files : int
         Decoded files kept in memory (about 1 MB per 1024×256 two-view file).
 
@@ -70,6 +73,7 @@ class ThinnedDicomPairs(EpochDataset):
         standard_speed_cm_min: float | None = None,
         strict: bool = False,
         body_probability: float = 0.9,
+        hot_probability: float = 0.0,
         cache_files: int = 4,
     ) -> None:
         if not 0.0 < p <= 1.0:
@@ -83,6 +87,7 @@ class ThinnedDicomPairs(EpochDataset):
         self.crop = check_crop(crop)
         self.standard_speed_cm_min = standard_speed_cm_min
         self.body_probability = body_probability
+        self.hot_probability = hot_probability
         self.files = tuple(find_nm_files(paths, strict=strict, accept=self._speed_refusal))
         self._frames = [
             (number, frame)
@@ -128,6 +133,8 @@ class ThinnedDicomPairs(EpochDataset):
                     rng,
                     body=body_pixels(standard),
                     body_probability=self.body_probability,
+                    hot=count_hot_pixels(standard) if self.hot_probability > 0 else None,
+                    hot_probability=self.hot_probability,
                 )
             except ValueError as exc:
                 raise ValueError(f"{header.path}: {exc}") from None

@@ -20,7 +20,7 @@ import numpy.typing as npt
 from pacs_node.synth import BonePhantom, synthetic_patient, thin_counts
 from pacs_node.synth.phantom import FRAME_COLS, FRAME_ROWS, STANDARD_SPEED_CM_MIN
 from training.data.cache import LruCache
-from training.data.crops import check_crop, crop_window
+from training.data.crops import check_crop, crop_window, hot_pixels
 from training.data.sample import EpochDataset, Sample, make_sample
 from training.data.targets import expected_target
 
@@ -42,6 +42,7 @@ class PhantomView:
     truth: npt.NDArray[np.float32]
     skeleton: npt.NDArray[np.bool_]
     body: npt.NDArray[np.bool_]
+    hot: npt.NDArray[np.bool_]
 
 
 def poisson_pair(
@@ -83,6 +84,10 @@ class PhantomPairs(EpochDataset):
         Random crop, sides multiples of 16, no larger than 1024×256; None for whole frames.
     body_probability : float
         Chance that a crop is centred on the body (the render's body outline).
+    hot_probability : float
+        Chance that a crop holds one of the view's hot spots (λ at or above half its
+        maximum: the injection site, the bladder; :mod:`training.data.crops`), placed
+        anywhere in the crop; the other crops follow ``body_probability``.
     cache_scans : int
         Rendered scans kept (~5 MB each); renders take about 30 ms.
 
@@ -100,6 +105,7 @@ class PhantomPairs(EpochDataset):
         speeds_cm_min: Sequence[int] = (40,),
         crop: tuple[int, int] | None = None,
         body_probability: float = 0.9,
+        hot_probability: float = 0.0,
         cache_scans: int = 8,
     ) -> None:
         if seed < 0:
@@ -116,11 +122,14 @@ class PhantomPairs(EpochDataset):
             )
         if not 0.0 <= body_probability <= 1.0:
             raise ValueError(f"body probability {body_probability!r} is outside 0-1")
+        if not 0.0 <= hot_probability <= 1.0:
+            raise ValueError(f"hot-spot probability {hot_probability!r} is outside 0-1")
         self.seed = seed
         self.length = length
         self.speeds_cm_min = speeds
         self.crop = check_crop(crop)
         self.body_probability = body_probability
+        self.hot_probability = hot_probability
         if self.crop is not None and (self.crop[0] > FRAME_ROWS or self.crop[1] > FRAME_COLS):
             raise ValueError(f"crop {crop!r} is larger than the {FRAME_ROWS}x{FRAME_COLS} frame")
         self._renders: LruCache[int, tuple[PhantomView, PhantomView]] = LruCache(cache_scans)
@@ -138,14 +147,16 @@ class PhantomPairs(EpochDataset):
             np.random.default_rng([self.seed, scan, _PHANTOM_STREAM])
         )
         maps = (rendered.views.anterior, rendered.views.posterior)
-        return (
+        anterior, posterior = (
             PhantomView(
-                maps[0].astype(np.float32), rendered.skeleton_mask[0], rendered.body_mask[0]
-            ),
-            PhantomView(
-                maps[1].astype(np.float32), rendered.skeleton_mask[1], rendered.body_mask[1]
-            ),
+                maps[i].astype(np.float32),
+                rendered.skeleton_mask[i],
+                rendered.body_mask[i],
+                hot_pixels(maps[i]),
+            )
+            for i in range(2)
         )
+        return anterior, posterior
 
     def __getitem__(self, index: int) -> Sample:
         index = self._check_index(index)
@@ -157,7 +168,13 @@ class PhantomPairs(EpochDataset):
         frame_shape = truth.shape
         if self.crop is not None:
             window = crop_window(
-                truth.shape, self.crop, rng, body=view.body, body_probability=self.body_probability
+                truth.shape,
+                self.crop,
+                rng,
+                body=view.body,
+                body_probability=self.body_probability,
+                hot=view.hot,
+                hot_probability=self.hot_probability,
             )
             truth, skeleton = truth[window], skeleton[window]
         p = STANDARD_SPEED_CM_MIN / speed

@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from training.data.cache import LruCache
-from training.data.crops import body_pixels, check_crop, crop_window
+from training.data.crops import body_pixels, check_crop, count_hot_pixels, crop_window
 from training.data.dicom_files import NMFile, PathsLike, as_paths, find_nm_files, read_nm_counts
 from training.data.registration import RigidRegistration, apply_rigid, register_rigid
 from training.data.sample import EpochDataset, Sample, make_sample
@@ -92,6 +92,9 @@ class RegisteredDicomPairs(EpochDataset):
         Refuse unusable files found in folders too.
     body_probability : float
         Chance that a crop is centred on the body.
+    hot_probability : float
+        Chance that a crop holds one of the frame's hot spots (3×3 mean standard counts at or
+        above half their maximum; :mod:`training.data.crops`).
     cache_files : int
         Decoded files kept in memory.
 
@@ -119,6 +122,7 @@ class RegisteredDicomPairs(EpochDataset):
         seed: int = 0,
         strict: bool = False,
         body_probability: float = 0.9,
+        hot_probability: float = 0.0,
         cache_files: int = 4,
     ) -> None:
         if seed < 0:
@@ -132,6 +136,7 @@ class RegisteredDicomPairs(EpochDataset):
         self.min_correlation = min_correlation
         self.seed = seed
         self.body_probability = body_probability
+        self.hot_probability = hot_probability
         self._counts: LruCache[NMFile, npt.NDArray[np.uint16]] = LruCache(cache_files)
         files = find_nm_files(paths, strict=strict)
         groups: dict[str, list[NMFile]] = {}
@@ -267,6 +272,8 @@ class RegisteredDicomPairs(EpochDataset):
                     rng,
                     body=valid & body_pixels(standard),
                     body_probability=self.body_probability,
+                    hot=count_hot_pixels(standard) if self.hot_probability > 0 else None,
+                    hot_probability=self.hot_probability,
                 )
             except ValueError as exc:
                 raise ValueError(f"{pair.standard.path}: {exc}") from None
