@@ -35,6 +35,7 @@ __all__ = [
     "Enhancer",
     "EnhancerInputError",
     "resolve_device",
+    "round_counts",
     "tune_cpu_allocator",
 ]
 
@@ -138,7 +139,7 @@ def _validate(frames: np.ndarray) -> np.ndarray:
     return frames
 
 
-def _round_counts(values: np.ndarray) -> np.ndarray:
+def round_counts(values: np.ndarray) -> np.ndarray:
     """Expected counts → uint16 counts with the same expected total.
 
     Rounding to nearest loses a few per cent of a scan's total in its low-count
@@ -346,17 +347,25 @@ class Enhancer:
         """Enhanced counts: uint16 [frames, H, W] on the scale of a standard-speed scan."""
         return self.enhance_with_qc(frames).counts
 
-    def enhance_with_qc(self, frames: np.ndarray) -> EnhancementResult:
-        """:meth:`enhance` plus the count-fidelity QC report and provenance."""
+    def expected_counts(self, frames: np.ndarray) -> np.ndarray:
+        """The model's estimate before rounding: float32 [frames, H, W] expected counts.
+
+        :meth:`enhance` stores :func:`round_counts` of it; evaluations score both.
+        """
         frames = _validate(frames)
-        started = time.perf_counter()
         outputs = []
         with torch.inference_mode():
             for start in range(0, frames.shape[0], self.batch_size):
                 batch = frames[start : start + self.batch_size].astype(np.float32)
                 counts = torch.from_numpy(batch).unsqueeze(1).to(self.device)
                 outputs.append(self._run_batch(counts).squeeze(1).cpu().numpy())
-        enhanced = _round_counts(np.concatenate(outputs))
+        return np.concatenate(outputs)
+
+    def enhance_with_qc(self, frames: np.ndarray) -> EnhancementResult:
+        """:meth:`enhance` plus the count-fidelity QC report and provenance."""
+        frames = _validate(frames)
+        started = time.perf_counter()
+        enhanced = round_counts(self.expected_counts(frames))
         seconds = time.perf_counter() - started
         qc = check_count_fidelity(frames, enhanced, dose_factor=self.model.dose_factor)
         return EnhancementResult(

@@ -119,12 +119,23 @@ def test_bad_input_is_refused_with_a_clear_message(
 
 
 def test_rounding_keeps_the_expected_total_of_a_low_count_background() -> None:
-    from enhancer.runtime import _round_counts
+    from enhancer.runtime import round_counts
 
     values = np.full((1, 512, 512), 0.3)
-    rounded = _round_counts(values)
+    rounded = round_counts(values)
     assert rounded.dtype == np.uint16
     assert abs(float(rounded.sum()) / values.sum() - 1.0) < 0.01  # nearest would give 0
+
+
+def test_enhance_stores_the_rounded_expected_counts(tiny_weights: Path) -> None:
+    from enhancer.runtime import round_counts
+
+    enhancer = Enhancer.from_checkpoint(tiny_weights, device="cpu")
+    rapid = synthetic_scan_counts(4, 0, speed_cm_min=40)
+    expected = enhancer.expected_counts(rapid)
+    assert expected.dtype == np.float32 and expected.shape == rapid.shape
+    assert not np.array_equal(expected, np.round(expected))  # not counts yet
+    np.testing.assert_array_equal(enhancer.enhance(rapid), round_counts(expected))
 
 
 def test_a_missing_default_model_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -292,7 +292,16 @@ def test_evaluate_writes_the_report_figures_and_metrics(
         assert f"]({figure})" in report
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert {t["status"] for t in metrics["targets"]} <= {"met", "not met", "not evaluated"}
-    assert len(metrics["targets"]) == 6
+    assert len(metrics["targets"]) == 7
+    assert "above BM3D before rounding" in report and "PSNR truth before rounding" in report
+    # Every method is scored on stored counts, and on its estimate before rounding beside.
+    for frame in metrics["frames"]:
+        if frame["method"] == "standard":
+            assert "psnr_truth_unrounded" not in frame["values"]
+        elif frame["method"] == "rapid":  # already counts: rounding leaves it as it is
+            assert frame["values"]["psnr_truth_unrounded"] == frame["values"]["psnr_truth"]
+        else:
+            assert frame["values"]["psnr_truth_unrounded"] != frame["values"]["psnr_truth"]
     frames = {(f["method"], f["view"]) for f in metrics["frames"]}
     for name in ("standard", "rapid", "gaussian", "cascade", "fast"):
         assert {(name, "anterior"), (name, "posterior")} <= frames

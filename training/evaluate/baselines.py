@@ -18,8 +18,12 @@ standard-speed counts (float64, F×H×W) out.
     input domain) leaves the inverse biased by 5-17 % below 5 counts per pixel, because
     ``dose · r`` is not Poisson.
 models
-    Cascade checkpoints through :class:`enhancer.runtime.Enhancer` (what the node runs,
-    including its stochastic rounding to uint16), one per ``NAME=PATH[:profile]``.
+    Cascade checkpoints through :class:`enhancer.runtime.Enhancer` (what the node runs), one
+    per ``NAME=PATH[:profile]``.
+
+Every estimator returns its estimate unrounded; the evaluation rounds each one with the
+node's :func:`enhancer.runtime.round_counts` (what a stored NM series would hold) and scores
+both, so that no method is scored on floats against another's integers.
 """
 
 from __future__ import annotations
@@ -288,7 +292,8 @@ class ModelEstimator:
         return cls(spec.name, enhancer, spec.path, text)
 
     def estimate(self, rapid: npt.NDArray[np.uint16], dose_factor: float) -> FloatArray:
-        """The enhancer's uint16 output as float64.
+        """The enhancer's expected counts before rounding (float64); the node stores
+        :func:`enhancer.runtime.round_counts` of them.
 
         A model trained for another dose factor gets the rapid counts rescaled to the level it
         expects (as float counts); their noise is then not what it was trained on, and a
@@ -305,4 +310,4 @@ class ModelEstimator:
             if note not in self.notes:
                 self.notes.append(note)
                 logger.warning("%s: %s", self.name, note)
-        return self.enhancer.enhance(np.ascontiguousarray(frames)).astype(np.float64)
+        return self.enhancer.expected_counts(np.ascontiguousarray(frames)).astype(np.float64)

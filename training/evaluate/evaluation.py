@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from enhancer.runtime import round_counts
 from pacs_node.synth import LesionModel, synthetic_patient
 from training.evaluate.baselines import (
     Bm3dVst,
@@ -133,8 +134,13 @@ def _frame_records(
     estimate: npt.NDArray[np.float64],
     dose: float,
     lpips: AlexLpips | None,
+    *,
+    unrounded: npt.NDArray[np.float64] | None = None,
 ) -> list[FrameRecord]:
-    """Metrics of each view ``estimate`` holds; the standard scan is not compared with itself."""
+    """Metrics of each view ``estimate`` holds; the standard scan is not compared with itself.
+
+    ``unrounded``, the estimate before rounding to stored counts, adds its PSNR vs truth.
+    """
     records = []
     is_reference = name == "standard"
     band = age_band(scan.age_years)
@@ -146,6 +152,10 @@ def _frame_records(
             standard=None if is_reference else scan.standard[v],
             reference_input=None if is_reference else scan.rapid[v].astype(np.float64) * dose,
         )
+        if unrounded is not None:
+            values["psnr_truth_unrounded"] = psnr(
+                unrounded[v], scan.truth[v], peak=float(scan.truth[v].max())
+            )
         if lpips is not None:
             values["lpips_truth"] = lpips.distance(estimate[v], scan.truth[v])
             if not is_reference:
@@ -265,6 +275,7 @@ def evaluate(
         )
         band = age_band(scan.age_years)
         outputs: dict[str, npt.NDArray[np.float64]] = {"standard": scan.standard.astype(float)}
+        unrounded: dict[str, npt.NDArray[np.float64]] = {}
         for method in methods:
             views = len(VIEWS)
             if isinstance(method, Bm3dVst) and budget is not None:
@@ -272,11 +283,16 @@ def evaluate(
             if views <= 0:
                 continue
             started = time.perf_counter()
-            outputs[method.name] = method.estimate(scan.rapid[:views], dose)
+            unrounded[method.name] = method.estimate(scan.rapid[:views], dose)
             infos[method.name].seconds += time.perf_counter() - started
             infos[method.name].frames += views
+            # Scored as stored: every method's counts rounded the node's way (rapid x dose
+            # is integer already and stays as it is).
+            outputs[method.name] = round_counts(unrounded[method.name]).astype(np.float64)
         for name, estimate in outputs.items():
-            frames += _frame_records(name, scan, estimate, dose, lpips)
+            frames += _frame_records(
+                name, scan, estimate, dose, lpips, unrounded=unrounded.get(name)
+            )
             lesions += _lesion_records(name, scan, estimate)
         for name, images in {"truth": scan.truth, **outputs}.items():
             if sam is not None:
