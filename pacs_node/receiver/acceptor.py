@@ -487,6 +487,8 @@ class ReceiverAssociation(Association):
     def __init__(self, ae: ApplicationEntity, mode: str) -> None:
         super().__init__(ae, mode)
         self._work_queued = threading.Event()
+        #: True once our A-RELEASE-RP is on its way (handlers read it on connection close).
+        self.release_answered = False
         self.dul = ReceiverDUL(self)
         self.dimse = ReceiverDIMSE(self)
         # Association.__init__ gave its timers' timeouts to the DUL it made; give them to this.
@@ -512,6 +514,9 @@ class ReceiverAssociation(Association):
                 self._serve_request(msg, cast(int, context_id))
 
             if self.is_established and self.acse.is_release_requested():
+                # Set before the A-RELEASE-RP goes out: the peer may close the socket at once,
+                # and the DUL thread's EVT_CONN_CLOSE can then run before EVT_RELEASED below.
+                self.release_answered = True
                 self.acse.send_release(is_response=True)
                 LOGGER.info("Association Released")
                 self.is_released = True

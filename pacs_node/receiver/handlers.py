@@ -181,6 +181,10 @@ class ReceiverHandlers:
         self._end(event.assoc, AssociationOutcome.ABORTED, "A-ABORT")
 
     def on_closed(self, event: evt.Event) -> None:
+        if getattr(event.assoc, "release_answered", False):
+            # The peer closed after our A-RELEASE-RP, before EVT_RELEASED ran: a release.
+            self._end(event.assoc, AssociationOutcome.RELEASED, None)
+            return
         self._end(event.assoc, AssociationOutcome.ABORTED, "connection closed without release")
 
     def _state(self, assoc: Any) -> _AssociationState | None:
