@@ -352,7 +352,10 @@ class Enhancer:
 
         :meth:`enhance` stores :func:`round_counts` of it; evaluations score both.
         """
-        frames = _validate(frames)
+        return self._expected_counts(_validate(frames))
+
+    def _expected_counts(self, frames: np.ndarray) -> np.ndarray:
+        """:meth:`expected_counts` of frames :func:`_validate` has passed."""
         outputs = []
         with torch.inference_mode():
             for start in range(0, frames.shape[0], self.batch_size):
@@ -365,7 +368,7 @@ class Enhancer:
         """:meth:`enhance` plus the count-fidelity QC report and provenance."""
         frames = _validate(frames)
         started = time.perf_counter()
-        enhanced = round_counts(self.expected_counts(frames))
+        enhanced = round_counts(self._expected_counts(frames))
         seconds = time.perf_counter() - started
         qc = check_count_fidelity(frames, enhanced, dose_factor=self.model.dose_factor)
         return EnhancementResult(
