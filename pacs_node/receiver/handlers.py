@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 # A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4
 _REJECT_CALLING_AE = (0x01, 0x01, 0x03)
+#: A-ASSOCIATE-RJ results: rejected-permanent, rejected-transient (PS3.8 9.3.4).
+_REJECTED_RESULTS = (0x01, 0x02)
 _DIAGNOSTICS = {
     (0x01, 0x03): "calling AE title not recognised",
     (0x01, 0x07): "called AE title not recognised",
@@ -155,8 +157,11 @@ class ReceiverHandlers:
         )
         if refusal is not None:
             logger.warning("rejecting association %d: %s", audit_id, refusal)
+            # Noted before the A-ASSOCIATE-RJ goes out: if the peer's close (on_closed, DUL
+            # thread) ends the association first, its row still says why.
+            state.notes.append(refusal)
             assoc.acse.send_reject(*_REJECT_CALLING_AE)
-            self._end(assoc, AssociationOutcome.REJECTED, refusal)
+            self._end(assoc, AssociationOutcome.REJECTED, None)
 
     def on_accepted(self, event: evt.Event) -> None:
         state = self._state(event.assoc)
@@ -181,9 +186,15 @@ class ReceiverHandlers:
         self._end(event.assoc, AssociationOutcome.ABORTED, "A-ABORT")
 
     def on_closed(self, event: evt.Event) -> None:
+        # The peer may close as soon as it reads our last PDU, and this runs on the DUL thread,
+        # possibly before the association thread's EVT_RELEASED / EVT_REJECTED: what we sent
+        # decides the outcome, not the order of the two events.
         if getattr(event.assoc, "release_answered", False):
-            # The peer closed after our A-RELEASE-RP, before EVT_RELEASED ran: a release.
             self._end(event.assoc, AssociationOutcome.RELEASED, None)
+            return
+        answer = event.assoc.acceptor.primitive
+        if answer is not None and answer.result in _REJECTED_RESULTS:
+            self.on_rejected(event)
             return
         self._end(event.assoc, AssociationOutcome.ABORTED, "connection closed without release")
 
